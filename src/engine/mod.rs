@@ -1,0 +1,4 @@
+//! Sans-IO protocol engine (being written).
+pub mod config;
+pub mod peer_filter;
+pub use config::{EngineConfig, UserKey};

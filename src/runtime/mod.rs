@@ -1,0 +1,3 @@
+//! Sockets, shard threads, config, CLI, signals (being written).
+pub mod cli;
+pub mod config;
