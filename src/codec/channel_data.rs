@@ -100,6 +100,9 @@ mod tests {
         assert_eq!(parse(&[0x3f, 0xff, 0, 0]), None);
         assert_eq!(parse(&[0x40, 0, 0, 5, 1, 2]), None); // length past the end
         assert_eq!(parse(&[0x40, 0, 0, 0]), Some((0x4000, &[][..])));
-        assert_eq!(parse(&[0x40, 0, 0, 1, 9, 0, 0, 0]), Some((0x4000, &[9][..])));
+        assert_eq!(
+            parse(&[0x40, 0, 0, 1, 9, 0, 0, 0]),
+            Some((0x4000, &[9][..]))
+        );
     }
 }

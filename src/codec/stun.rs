@@ -588,6 +588,52 @@ impl<'b> Writer<'b> {
     }
 }
 
+/// Bytes a Data indication (RFC 8656 §10.3) needs in front of its payload: header, XOR-PEER-ADDRESS
+/// (IPv6 worst case) and the DATA attribute header.
+pub const DATA_INDICATION_HEADROOM: usize = HEADER_LEN + 4 + 20 + 4;
+
+/// Build a Data indication around a payload already in `buf[start..start + len]`, writing the
+/// header and XOR-PEER-ADDRESS in front and zero padding behind (up to 3 bytes of tail room).
+/// No allocation, no copy of the payload: this is the peer-to-client path without a channel.
+pub fn data_indication_in_place(
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    peer: SocketAddr,
+    tid: &[u8; 12],
+) -> std::ops::Range<usize> {
+    let addr_len = if peer.is_ipv4() { 8 } else { 20 };
+    let h = start - (HEADER_LEN + 4 + addr_len + 4);
+    let pad = (4 - len % 4) % 4;
+    let body = 4 + addr_len + 4 + len + pad;
+    buf[h..h + 2].copy_from_slice(&encode_type(method::DATA, Class::Indication).to_be_bytes());
+    buf[h + 2..h + 4].copy_from_slice(&(body as u16).to_be_bytes());
+    buf[h + 4..h + 8].copy_from_slice(&COOKIE_BYTES);
+    buf[h + 8..h + 20].copy_from_slice(tid);
+    let a = h + HEADER_LEN;
+    buf[a..a + 2].copy_from_slice(&attr::XOR_PEER_ADDRESS.to_be_bytes());
+    buf[a + 2..a + 4].copy_from_slice(&(addr_len as u16).to_be_bytes());
+    let port = (peer.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes();
+    buf[a + 4..a + 8].copy_from_slice(&[0, if peer.is_ipv4() { 1 } else { 2 }, port[0], port[1]]);
+    match peer.ip() {
+        IpAddr::V4(ip) => {
+            buf[a + 8..a + 12].copy_from_slice(&(u32::from(ip) ^ MAGIC_COOKIE).to_be_bytes())
+        }
+        IpAddr::V6(ip) => {
+            let o = ip.octets();
+            for i in 0..16 {
+                buf[a + 8 + i] = o[i] ^ if i < 4 { COOKIE_BYTES[i] } else { tid[i - 4] };
+            }
+        }
+    }
+    let d = a + 4 + addr_len;
+    buf[d..d + 2].copy_from_slice(&attr::DATA.to_be_bytes());
+    buf[d + 2..d + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    debug_assert_eq!(d + 4, start);
+    buf[start + len..start + len + pad].fill(0);
+    h..start + len + pad
+}
+
 /// Reason phrases (RFC 8489 §14.8, RFC 8656 §19, RFC 6062 §6.3).
 pub fn reason(code: u16) -> &'static str {
     match code {
@@ -668,7 +714,10 @@ mod tests {
             let b = hex(v);
             let m = Message::parse(&b).unwrap();
             assert_eq!(m.class, Class::Success);
-            let a = decode_xor_addr(m.get(attr::XOR_MAPPED_ADDRESS).unwrap(), &m.transaction_id());
+            let a = decode_xor_addr(
+                m.get(attr::XOR_MAPPED_ADDRESS).unwrap(),
+                &m.transaction_id(),
+            );
             assert_eq!(a.unwrap(), want.parse::<SocketAddr>().unwrap());
             assert!(m.verify_integrity(b"VOkJxbRl1RmTxUk/WvJxBt"));
         }
@@ -704,15 +753,46 @@ mod tests {
         // compare what a receiver sees rather than bytes.
         let ours = Message::parse(&buf).unwrap();
         let theirs = Message::parse(&want).unwrap();
-        assert_eq!(ours.get(attr::XOR_MAPPED_ADDRESS), theirs.get(attr::XOR_MAPPED_ADDRESS));
+        assert_eq!(
+            ours.get(attr::XOR_MAPPED_ADDRESS),
+            theirs.get(attr::XOR_MAPPED_ADDRESS)
+        );
         assert!(ours.verify_integrity(b"VOkJxbRl1RmTxUk/WvJxBt"));
         assert_eq!(buf.len(), want.len());
     }
 
     #[test]
+    fn data_indication_in_place_parses() {
+        for peer in ["203.0.113.9:4000", "[2001:db8::9]:4000"] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            let mut buf = [0xffu8; 128];
+            let start = DATA_INDICATION_HEADROOM;
+            buf[start..start + 5].copy_from_slice(b"hello");
+            let r = data_indication_in_place(&mut buf, start, 5, peer, &[4; 12]);
+            let m = Message::parse(&buf[r]).unwrap();
+            assert_eq!((m.method, m.class), (method::DATA, Class::Indication));
+            assert_eq!(
+                decode_xor_addr(m.get(attr::XOR_PEER_ADDRESS).unwrap(), &[4; 12]),
+                Some(peer)
+            );
+            assert_eq!(m.get(attr::DATA).unwrap(), b"hello");
+        }
+    }
+
+    #[test]
     fn type_encoding() {
-        for m in [method::BINDING, method::ALLOCATE, method::CONNECTION_ATTEMPT, 0xfff] {
-            for c in [Class::Request, Class::Indication, Class::Success, Class::Error] {
+        for m in [
+            method::BINDING,
+            method::ALLOCATE,
+            method::CONNECTION_ATTEMPT,
+            0xfff,
+        ] {
+            for c in [
+                Class::Request,
+                Class::Indication,
+                Class::Success,
+                Class::Error,
+            ] {
                 assert_eq!(decode_type(encode_type(m, c)), (m, c));
             }
         }
@@ -733,16 +813,21 @@ mod tests {
         assert_eq!(Message::parse(&b).unwrap_err(), ParseError::BadFingerprint);
         // attribute length overrunning the message
         let mut buf = Vec::new();
-        Writer::new(&mut buf, method::BINDING, Class::Request, &[1; 12]).attr(attr::SOFTWARE, b"abcd");
+        Writer::new(&mut buf, method::BINDING, Class::Request, &[1; 12])
+            .attr(attr::SOFTWARE, b"abcd");
         buf[22..24].copy_from_slice(&100u16.to_be_bytes());
-        assert!(matches!(Message::parse(&buf), Err(ParseError::Malformed(_))));
+        assert!(matches!(
+            Message::parse(&buf),
+            Err(ParseError::Malformed(_))
+        ));
     }
 
     #[test]
     fn attributes_after_integrity_are_ignored() {
         let mut buf = Vec::new();
         let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &[7; 12]);
-        w.attr(attr::USERNAME, b"u").integrity(IntegrityKind::Sha1, b"k");
+        w.attr(attr::USERNAME, b"u")
+            .integrity(IntegrityKind::Sha1, b"k");
         w.attr(attr::SOFTWARE, b"late");
         let m = Message::parse(&buf).unwrap();
         assert!(m.get(attr::SOFTWARE).is_none());
@@ -762,7 +847,8 @@ mod tests {
         // A sender may truncate the HMAC to 16 bytes (§14.6); the length field then counts
         // the 16-byte attribute. Build one by hand.
         let mut buf = Vec::new();
-        Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[3; 12]).attr(attr::USERNAME, b"alice");
+        Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[3; 12])
+            .attr(attr::USERNAME, b"alice");
         let l = (buf.len() - HEADER_LEN + 20) as u16;
         buf[2..4].copy_from_slice(&l.to_be_bytes());
         let mut mac = Hmac::<Sha256>::new_from_slice(b"secret-key").unwrap();
@@ -786,7 +872,10 @@ mod tests {
                 .xor_addr(attr::XOR_MAPPED_ADDRESS, a)
                 .addr(attr::MAPPED_ADDRESS, a);
             let m = Message::parse(&buf).unwrap();
-            assert_eq!(decode_xor_addr(m.get(attr::XOR_MAPPED_ADDRESS).unwrap(), &tid), Some(a));
+            assert_eq!(
+                decode_xor_addr(m.get(attr::XOR_MAPPED_ADDRESS).unwrap(), &tid),
+                Some(a)
+            );
             assert_eq!(decode_addr(m.get(attr::MAPPED_ADDRESS).unwrap()), Some(a));
         }
     }

@@ -1,4 +1,1127 @@
-//! Sans-IO protocol engine (being written).
+//! The sans-IO TURN engine of one shard.
+//!
+//! Input: a datagram with its 5-tuple and `now` ([`Engine::handle_client`],
+//! [`Engine::handle_peer`]), the result of a relay-socket bind ([`Engine::on_relay_bound`]) and
+//! timeouts ([`Engine::handle_timeout`]). Output: transmits to clients
+//! ([`Engine::poll_transmit`]), relay-socket requests ([`Engine::poll_command`]) and the next
+//! deadline ([`Engine::poll_timeout`]). No sockets, no tokio, no wall clock read: time comes in.
+//!
+//! The relay paths (ChannelData both ways, Send/Data indications) touch one hash lookup (client
+//! 5-tuple) or one slab index (relay id) plus a scan of a few permissions and channels, and never
+//! allocate: payloads are borrowed in, and headers are written into the caller's headroom.
+pub mod allocation;
+pub mod auth;
 pub mod config;
 pub mod peer_filter;
+pub mod shared;
+pub mod txn_cache;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, trace};
+
 pub use config::{EngineConfig, UserKey};
+
+use crate::codec::channel_data::{self, Kind};
+use crate::codec::stun::{
+    self, attr, decode_type, decode_u32, decode_xor_addr, method, Class, IntegrityKind, Message,
+    ParseError, Writer,
+};
+use allocation::{desired_lifetime, Allocation};
+use auth::{Auth, AuthError, Authenticated, Key};
+use shared::{QuotaError, Shared};
+use txn_cache::TxnCache;
+
+/// Transport of the client leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// Client address, server address and transport: identifies an allocation (RFC 8656 §2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Index of a relay socket within one shard; the runtime keeps the socket under the same id.
+pub type RelayId = u32;
+
+/// Bytes the runtime must leave in front of a peer datagram for [`Engine::handle_peer`].
+pub const PEER_HEADROOM: usize = stun::DATA_INDICATION_HEADROOM;
+/// Bytes the runtime must leave behind a peer datagram (padding).
+pub const PEER_TAILROOM: usize = 4;
+/// Largest peer payload that still fits a Data indication's 16-bit length.
+pub const MAX_PEER_PAYLOAD: usize = 65535 - PEER_HEADROOM;
+
+/// Caps that bound the memory one allocation can hold.
+pub const MAX_PERMISSIONS: usize = 128;
+pub const MAX_CHANNELS: usize = 64;
+/// Bind retries on a port some other process holds.
+const MAX_BIND_ATTEMPTS: u8 = 8;
+
+/// A message for a client.
+#[derive(Debug)]
+pub struct Transmit {
+    pub tuple: FiveTuple,
+    pub data: Vec<u8>,
+}
+
+/// What the runtime must do with relay sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayCommand {
+    /// Bind a UDP socket to `addr` under `relay`, then report with [`Engine::on_relay_bound`].
+    /// `dont_fragment`: set IP_MTU_DISCOVER=DO (RFC 8656 §14.8 DONT-FRAGMENT).
+    Bind {
+        relay: RelayId,
+        addr: SocketAddr,
+        dont_fragment: bool,
+    },
+    /// Close the socket of `relay`.
+    Close { relay: RelayId },
+}
+
+/// The result of a client datagram on the data path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientAction<'a> {
+    /// Nothing to relay (a control message, whose answer is queued, or a drop).
+    None,
+    /// Send `payload` from the relay socket `relay` to `peer`.
+    ToPeer {
+        relay: RelayId,
+        peer: SocketAddr,
+        payload: &'a [u8],
+    },
+}
+
+/// Per-shard counters; plain integers, read by the runtime, never shared per packet.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub allocations_created: u64,
+    pub allocations_deleted: u64,
+    pub packets_to_peer: u64,
+    pub bytes_to_peer: u64,
+    pub packets_to_client: u64,
+    pub bytes_to_client: u64,
+    pub dropped_no_allocation: u64,
+    pub dropped_no_permission: u64,
+    pub dropped_not_turn: u64,
+    pub dropped_malformed: u64,
+    pub auth_challenges: u64,
+    pub auth_failures: u64,
+    pub stale_nonces: u64,
+    pub peers_denied: u64,
+}
+
+struct PendingAllocate {
+    req: Req,
+    auth: Authenticated,
+    lifetime: Duration,
+    port: u16,
+    bind_ip: IpAddr,
+    external_ip: IpAddr,
+    dont_fragment: bool,
+    even: bool,
+    reserve_next: bool,
+    reservation: Option<u64>,
+    from_token: bool,
+    attempts: u8,
+}
+
+enum RelaySlot {
+    Free,
+    Pending(Box<PendingAllocate>),
+    Active(u32),
+}
+
+/// What every answer to one request needs to know.
+#[derive(Clone, Copy, Debug)]
+struct Req {
+    tuple: FiveTuple,
+    tid: [u8; 12],
+    method: u16,
+    fingerprint: bool,
+}
+
+pub struct Engine {
+    cfg: Arc<EngineConfig>,
+    auth: Auth,
+    shared: Arc<Shared>,
+    allocs: Vec<Option<Allocation>>,
+    free_allocs: Vec<u32>,
+    by_tuple: HashMap<FiveTuple, u32>,
+    pending_by_tuple: HashMap<FiveTuple, RelayId>,
+    relays: Vec<RelaySlot>,
+    free_relays: Vec<RelayId>,
+    /// Allocation expiry deadlines; stale entries (after a refresh) are skipped when popped.
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    txn: TxnCache,
+    transmits: VecDeque<Transmit>,
+    commands: VecDeque<RelayCommand>,
+    base: (Instant, u64),
+    rng: u64,
+    pub stats: Stats,
+}
+
+impl Engine {
+    /// `now` and `unix_now` anchor the engine's notion of wall-clock time (REST API timestamps,
+    /// nonce expiry); afterwards only the monotonic `now` passed to each call is used.
+    pub fn new(
+        cfg: Arc<EngineConfig>,
+        shared: Arc<Shared>,
+        now: Instant,
+        unix_now: u64,
+        seed: u64,
+    ) -> Self {
+        let auth = Auth::new(&cfg, shared.nonce_key);
+        Engine {
+            cfg,
+            auth,
+            shared,
+            allocs: Vec::new(),
+            free_allocs: Vec::new(),
+            by_tuple: HashMap::new(),
+            pending_by_tuple: HashMap::new(),
+            relays: Vec::new(),
+            free_relays: Vec::new(),
+            timers: BinaryHeap::new(),
+            txn: TxnCache::new(4096),
+            transmits: VecDeque::new(),
+            commands: VecDeque::new(),
+            base: (now, unix_now),
+            rng: seed | 1,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Swap in a reloaded configuration. Live allocations keep their relay, lifetime and the key
+    /// they were created with.
+    pub fn set_config(&mut self, cfg: Arc<EngineConfig>) {
+        self.auth = Auth::new(&cfg, self.shared.nonce_key);
+        self.cfg = cfg;
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.by_tuple.len()
+    }
+
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocs.iter().flatten()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_command(&mut self) -> Option<RelayCommand> {
+        self.commands.pop_front()
+    }
+
+    /// The next instant at which [`Engine::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.base.1 + now.saturating_duration_since(self.base.0).as_secs()
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    // ------------------------------------------------------------------ data path
+
+    /// A datagram from a client. Control messages are answered through [`Engine::poll_transmit`];
+    /// data (ChannelData, Send indication) comes back as [`ClientAction::ToPeer`], borrowing
+    /// the payload from `data`.
+    pub fn handle_client<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        data: &'a [u8],
+    ) -> ClientAction<'a> {
+        let Some(&first) = data.first() else {
+            return ClientAction::None;
+        };
+        match channel_data::classify(first) {
+            Kind::ChannelData => self.client_channel_data(now, tuple, data),
+            Kind::Stun => self.handle_stun(now, tuple, data),
+            Kind::Other => {
+                self.stats.dropped_not_turn += 1;
+                ClientAction::None
+            }
+        }
+    }
+
+    /// RFC 8656 §12.4: ChannelData from the client goes to the bound peer, if the channel and
+    /// the permission are live; otherwise it is silently dropped.
+    #[inline]
+    fn client_channel_data<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        data: &'a [u8],
+    ) -> ClientAction<'a> {
+        let Some((number, payload)) = channel_data::parse(data) else {
+            self.stats.dropped_malformed += 1;
+            return ClientAction::None;
+        };
+        let Some(&idx) = self.by_tuple.get(&tuple) else {
+            self.stats.dropped_no_allocation += 1;
+            return ClientAction::None;
+        };
+        let Some(a) = self.allocs[idx as usize].as_mut() else {
+            return ClientAction::None;
+        };
+        let Some(peer) = a.channel_peer(number, now) else {
+            self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
+        };
+        if !a.has_permission(peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
+        }
+        a.to_peer_packets += 1;
+        a.to_peer_bytes += payload.len() as u64;
+        self.stats.packets_to_peer += 1;
+        self.stats.bytes_to_peer += payload.len() as u64;
+        ClientAction::ToPeer {
+            relay: a.relay,
+            peer,
+            payload,
+        }
+    }
+
+    /// A datagram from `peer` on relay socket `relay`, held in `buf[start..start + len]` with
+    /// at least [`PEER_HEADROOM`] bytes before and [`PEER_TAILROOM`] after. On success the
+    /// message for the client is framed in place and its range in `buf` is returned
+    /// (RFC 8656 §11.4 / §12.4: ChannelData if a channel is bound to the peer, else a Data
+    /// indication). Dropped without a live permission for the peer's IP (§9).
+    #[inline]
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        relay: RelayId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+    ) -> Option<(FiveTuple, Range<usize>)> {
+        debug_assert!(start >= PEER_HEADROOM && buf.len() >= start + len + PEER_TAILROOM);
+        let Some(RelaySlot::Active(idx)) = self.relays.get(relay as usize) else {
+            return None;
+        };
+        let idx = *idx as usize;
+        let tid_seed = if self.allocs[idx]
+            .as_ref()
+            .is_some_and(|a| a.channel_for_peer(peer, now).is_none())
+        {
+            self.next_rand()
+        } else {
+            0
+        };
+        let a = self.allocs[idx].as_mut()?;
+        if !a.has_permission(peer.ip(), now) || len > MAX_PEER_PAYLOAD {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        }
+        let range = match a.channel_for_peer(peer, now) {
+            Some(ch) => channel_data::frame_in_place(
+                buf,
+                start,
+                len,
+                ch,
+                a.tuple.transport != Transport::Udp,
+            ),
+            None => {
+                let mut tid = [0u8; 12];
+                tid[..8].copy_from_slice(&tid_seed.to_le_bytes());
+                tid[8..].copy_from_slice(&(a.to_client_packets as u32).to_le_bytes());
+                stun::data_indication_in_place(buf, start, len, peer, &tid)
+            }
+        };
+        a.to_client_packets += 1;
+        a.to_client_bytes += len as u64;
+        self.stats.packets_to_client += 1;
+        self.stats.bytes_to_client += len as u64;
+        Some((a.tuple, range))
+    }
+
+    /// RFC 8656 §10.2: a Send indication is relayed if the allocation exists, XOR-PEER-ADDRESS
+    /// and DATA are present and a permission exists; anything else is silently discarded.
+    fn send_indication<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'a>,
+    ) -> ClientAction<'a> {
+        let Some(&idx) = self.by_tuple.get(&tuple) else {
+            self.stats.dropped_no_allocation += 1;
+            return ClientAction::None;
+        };
+        let tid = msg.transaction_id();
+        let (Some(peer), Some(payload)) = (
+            msg.get(attr::XOR_PEER_ADDRESS)
+                .and_then(|v| decode_xor_addr(v, &tid)),
+            msg.get(attr::DATA),
+        ) else {
+            self.stats.dropped_malformed += 1;
+            return ClientAction::None;
+        };
+        let Some(a) = self.allocs[idx as usize].as_mut() else {
+            return ClientAction::None;
+        };
+        if peer.is_ipv4() != a.relay_addr.is_ipv4() || !a.has_permission(peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
+        }
+        // The permission was checked against the filter, but only by IP: the port matters for
+        // the server's own addresses, so check the full address here.
+        if self.cfg.peer_filter.check(peer).is_err() {
+            self.stats.peers_denied += 1;
+            return ClientAction::None;
+        }
+        a.to_peer_packets += 1;
+        a.to_peer_bytes += payload.len() as u64;
+        self.stats.packets_to_peer += 1;
+        self.stats.bytes_to_peer += payload.len() as u64;
+        ClientAction::ToPeer {
+            relay: a.relay,
+            peer,
+            payload,
+        }
+    }
+
+    // ------------------------------------------------------------------ control path
+
+    fn handle_stun<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        data: &'a [u8],
+    ) -> ClientAction<'a> {
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(ParseError::Malformed(why)) => {
+                self.stats.dropped_malformed += 1;
+                // RFC 8489 §6.3: a malformed request gets a 400; anything else is dropped.
+                let (m, class) = decode_type(u16::from_be_bytes([data[0], data[1]]));
+                if class == Class::Request {
+                    let mut tid = [0u8; 12];
+                    tid.copy_from_slice(&data[8..20]);
+                    let req = Req {
+                        tuple,
+                        tid,
+                        method: m,
+                        fingerprint: false,
+                    };
+                    trace!(client = %tuple.client, why, "malformed request");
+                    self.error(now, &req, None, 400, why, false);
+                }
+                return ClientAction::None;
+            }
+            Err(_) => {
+                self.stats.dropped_not_turn += 1;
+                return ClientAction::None;
+            }
+        };
+        match msg.class {
+            Class::Request => {
+                self.handle_request(now, tuple, &msg);
+                ClientAction::None
+            }
+            Class::Indication if msg.method == method::SEND => {
+                self.send_indication(now, tuple, &msg)
+            }
+            // Binding indications are keepalives (RFC 8489 §3); responses are not for us.
+            _ => ClientAction::None,
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, tuple: FiveTuple, msg: &Message) {
+        let req = Req {
+            tuple,
+            tid: msg.transaction_id(),
+            method: msg.method,
+            fingerprint: msg.has_fingerprint,
+        };
+        // RFC 8489 §6.3.1 / RFC 8656 §7.2: a retransmission gets the answer already given.
+        if let Some(cached) = self.txn.get(&tuple, &req.tid) {
+            let data = cached.to_vec();
+            self.transmits.push_back(Transmit { tuple, data });
+            return;
+        }
+        let mut unknown = [0u16; 8];
+        let n = msg.unknown_required(&mut unknown);
+        if n > 0 {
+            // RFC 8489 §6.3.1: 420 listing the unknown comprehension-required attributes.
+            self.respond(now, &req, Class::Error, None, false, |w| {
+                w.error_code(420, stun::reason(420))
+                    .unknown_attributes(&unknown[..n]);
+            });
+            return;
+        }
+        match msg.method {
+            method::BINDING => self.binding(now, &req),
+            method::ALLOCATE => self.allocate(now, &req, msg),
+            method::REFRESH => self.refresh(now, &req, msg),
+            method::CREATE_PERMISSION => self.create_permission(now, &req, msg),
+            method::CHANNEL_BIND => self.channel_bind(now, &req, msg),
+            method::CONNECT | method::CONNECTION_BIND => {
+                // RFC 6062 §5.2: only meaningful on a TCP allocation, which a UDP-only
+                // server never has.
+                if let Some(a) = self.authenticate(now, &req, msg) {
+                    let code = if self.by_tuple.contains_key(&tuple) {
+                        400
+                    } else {
+                        437
+                    };
+                    self.error(
+                        now,
+                        &req,
+                        Some(&a),
+                        code,
+                        "TCP allocations are not enabled",
+                        false,
+                    );
+                }
+            }
+            _ => self.error(now, &req, None, 400, "unknown method", false),
+        }
+    }
+
+    /// Build and queue one response. `signer`: sign with MESSAGE-INTEGRITY(-SHA256) (RFC 8489
+    /// §9.2.4: responses to authenticated requests are signed with the same key and algorithm).
+    /// `cache`: remember it for retransmissions.
+    fn respond(
+        &mut self,
+        now: Instant,
+        req: &Req,
+        class: Class,
+        signer: Option<(&Key, IntegrityKind)>,
+        cache: bool,
+        body: impl FnOnce(&mut Writer),
+    ) {
+        let mut data = Vec::with_capacity(128);
+        let mut w = Writer::new(&mut data, req.method, class, &req.tid);
+        body(&mut w);
+        if let Some(s) = &self.cfg.software {
+            w.attr(attr::SOFTWARE, s.as_bytes());
+        }
+        if let Some((key, kind)) = signer {
+            w.integrity(kind, key.as_bytes());
+        }
+        if req.fingerprint {
+            w.fingerprint();
+        }
+        if cache {
+            self.txn.insert(now, req.tuple, req.tid, data.clone());
+        }
+        self.transmits.push_back(Transmit {
+            tuple: req.tuple,
+            data,
+        });
+    }
+
+    fn error(
+        &mut self,
+        now: Instant,
+        req: &Req,
+        auth: Option<&Authenticated>,
+        code: u16,
+        why: &str,
+        cache: bool,
+    ) {
+        let signer = auth.map(|a| (a.key, a.kind));
+        let reason = if why.is_empty() {
+            stun::reason(code)
+        } else {
+            why
+        };
+        self.respond(
+            now,
+            req,
+            Class::Error,
+            signer.as_ref().map(|(k, c)| (k, *c)),
+            cache,
+            |w| {
+                w.error_code(code, reason);
+            },
+        );
+    }
+
+    /// 401/438 carry REALM, a fresh NONCE and the PASSWORD-ALGORITHMS we accept (RFC 8489 §9.2.4).
+    fn challenge(&mut self, now: Instant, req: &Req, code: u16) {
+        let nonce = self.auth.make_nonce(req.tuple.client.ip(), self.unix(now));
+        let realm = self.auth.realm().to_owned();
+        self.respond(now, req, Class::Error, None, false, |w| {
+            w.error_code(code, stun::reason(code))
+                .attr(attr::REALM, realm.as_bytes())
+                .attr(attr::NONCE, nonce.as_bytes())
+                .attr(attr::PASSWORD_ALGORITHMS, &auth::PASSWORD_ALGORITHMS);
+        });
+    }
+
+    fn authenticate(&mut self, now: Instant, req: &Req, msg: &Message) -> Option<Authenticated> {
+        match self
+            .auth
+            .authenticate(msg, req.tuple.client.ip(), self.unix(now))
+        {
+            Ok(a) => Some(a),
+            Err(AuthError::Challenge) => {
+                self.stats.auth_challenges += 1;
+                self.challenge(now, req, 401);
+                None
+            }
+            Err(AuthError::StaleNonce) => {
+                self.stats.stale_nonces += 1;
+                debug!(client = %req.tuple.client, "stale nonce");
+                self.challenge(now, req, 438);
+                None
+            }
+            Err(AuthError::BadRequest(why)) => {
+                self.stats.auth_failures += 1;
+                info!(event = "auth_failure", client = %req.tuple.client, reason = why, "bad request");
+                self.error(now, req, None, 400, why, false);
+                None
+            }
+            Err(AuthError::Unauthorized(why)) => {
+                self.stats.auth_failures += 1;
+                let user = msg
+                    .get(attr::USERNAME)
+                    .map(|u| String::from_utf8_lossy(u).into_owned())
+                    .unwrap_or_default();
+                info!(event = "auth_failure", client = %req.tuple.client, user = %user, reason = why, "unauthorized");
+                self.challenge(now, req, 401);
+                None
+            }
+        }
+    }
+
+    /// RFC 8489 §7.3.1: answer with the reflexive transport address.
+    fn binding(&mut self, now: Instant, req: &Req) {
+        let mapped = req.tuple.client;
+        let mut r = *req;
+        // Binding responses always carry FINGERPRINT (helps clients demultiplex, RFC 8489 §7).
+        r.fingerprint = true;
+        self.respond(now, &r, Class::Success, None, false, |w| {
+            w.xor_addr(attr::XOR_MAPPED_ADDRESS, mapped);
+        });
+    }
+
+    /// The allocation on this 5-tuple, after the checks every request on an existing allocation
+    /// makes: 437 if none, 441 if another user (RFC 8656 §7.3, §9.2, §11.2).
+    fn owned_allocation(&mut self, now: Instant, req: &Req, auth: &Authenticated) -> Option<u32> {
+        let Some(&idx) = self.by_tuple.get(&req.tuple) else {
+            self.error(now, req, Some(auth), 437, "", true);
+            return None;
+        };
+        let same_user = self.allocs[idx as usize]
+            .as_ref()
+            .is_some_and(|a| a.username == auth.username);
+        if !same_user {
+            self.error(now, req, Some(auth), 441, "", true);
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// RFC 8656 §7.2.
+    fn allocate(&mut self, now: Instant, req: &Req, msg: &Message) {
+        let Some(auth) = self.authenticate(now, req, msg) else {
+            return;
+        };
+        if self.pending_by_tuple.contains_key(&req.tuple) {
+            return; // a retransmission while the relay socket is being bound
+        }
+        if self.by_tuple.contains_key(&req.tuple) {
+            self.error(now, req, Some(&auth), 437, "", true);
+            return;
+        }
+        match msg.get(attr::REQUESTED_TRANSPORT) {
+            None => {
+                return self.error(
+                    now,
+                    req,
+                    Some(&auth),
+                    400,
+                    "missing REQUESTED-TRANSPORT",
+                    true,
+                )
+            }
+            Some(v) if v.len() != 4 => {
+                return self.error(now, req, Some(&auth), 400, "bad REQUESTED-TRANSPORT", true)
+            }
+            // 17 = UDP (RFC 8656 §18.7).
+            Some(v) if v[0] != 17 => return self.error(now, req, Some(&auth), 442, "", true),
+            Some(_) => {}
+        }
+        let dont_fragment = msg.has(attr::DONT_FRAGMENT);
+        let token = msg.get(attr::RESERVATION_TOKEN);
+        let even = msg.get(attr::EVEN_PORT);
+        let family = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
+        // RFC 8656 §7.2 step 5, RFC 6156 §4.2: a token excludes EVEN-PORT and a family.
+        if token.is_some() && (even.is_some() || family.is_some()) {
+            return self.error(
+                now,
+                req,
+                Some(&auth),
+                400,
+                "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY",
+                true,
+            );
+        }
+        if family.is_some() && msg.has(attr::ADDITIONAL_ADDRESS_FAMILY) {
+            return self.error(
+                now,
+                req,
+                Some(&auth),
+                400,
+                "REQUESTED- and ADDITIONAL-ADDRESS-FAMILY",
+                true,
+            );
+        }
+        let want_v6 = match family {
+            None => false,
+            Some([1, ..]) => false,
+            Some([2, ..]) => true,
+            Some(_) => return self.error(now, req, Some(&auth), 440, "", true),
+        };
+        let (bind_ip, external_ip) = if want_v6 {
+            (self.cfg.relay_ip_v6, self.cfg.external_ip_v6)
+        } else {
+            (self.cfg.relay_ip_v4, self.cfg.external_ip_v4)
+        };
+        let Some(bind_ip) = bind_ip else {
+            return self.error(now, req, Some(&auth), 440, "", true);
+        };
+        let external_ip = external_ip.unwrap_or(bind_ip);
+        let (even, reserve_next) = match even {
+            None => (false, false),
+            Some([flags, ..]) => (true, flags & 0x80 != 0),
+            Some(_) => return self.error(now, req, Some(&auth), 400, "bad EVEN-PORT", true),
+        };
+        match self
+            .shared
+            .acquire_quota(&auth.username, self.cfg.user_quota, self.cfg.total_quota)
+        {
+            Ok(()) => {}
+            Err(QuotaError::User) => {
+                info!(event = "quota", user = %auth.username, client = %req.tuple.client, "user quota reached");
+                return self.error(now, req, Some(&auth), 486, "", true);
+            }
+            Err(QuotaError::Total) => {
+                info!(event = "quota", user = %auth.username, client = %req.tuple.client, "total quota reached");
+                return self.error(now, req, Some(&auth), 508, "", true);
+            }
+        }
+        let (port, reservation, from_token) = if let Some(t) = token {
+            let port = <[u8; 8]>::try_from(t)
+                .ok()
+                .and_then(|t| self.shared.redeem(u64::from_be_bytes(t), now));
+            match port {
+                Some(p) => (p, None, true),
+                None => {
+                    self.shared.release_quota(&auth.username);
+                    return self.error(
+                        now,
+                        req,
+                        Some(&auth),
+                        508,
+                        "invalid reservation token",
+                        true,
+                    );
+                }
+            }
+        } else {
+            match self.shared.take_port(even, reserve_next, now) {
+                Some((p, tok)) => (p, tok, false),
+                None => {
+                    self.shared.release_quota(&auth.username);
+                    info!(event = "capacity", client = %req.tuple.client, "relay port range exhausted");
+                    return self.error(now, req, Some(&auth), 508, "", true);
+                }
+            }
+        };
+        // RFC 8656 §7.2: an Allocate LIFETIME of 0 is not a delete; it gets the default.
+        let requested = msg
+            .get(attr::LIFETIME)
+            .and_then(decode_u32)
+            .filter(|&l| l != 0);
+        let lifetime =
+            desired_lifetime(requested, self.cfg.default_lifetime, self.cfg.max_lifetime);
+        let relay = match self.free_relays.pop() {
+            Some(r) => r,
+            None => {
+                self.relays.push(RelaySlot::Free);
+                (self.relays.len() - 1) as RelayId
+            }
+        };
+        self.relays[relay as usize] = RelaySlot::Pending(Box::new(PendingAllocate {
+            req: *req,
+            auth,
+            lifetime,
+            port,
+            bind_ip,
+            external_ip,
+            dont_fragment,
+            even,
+            reserve_next,
+            reservation,
+            from_token,
+            attempts: 1,
+        }));
+        self.pending_by_tuple.insert(req.tuple, relay);
+        self.commands.push_back(RelayCommand::Bind {
+            relay,
+            addr: SocketAddr::new(bind_ip, port),
+            dont_fragment,
+        });
+    }
+
+    /// The runtime's answer to [`RelayCommand::Bind`]: `Ok(local address)` or the bind error.
+    pub fn on_relay_bound(
+        &mut self,
+        now: Instant,
+        relay: RelayId,
+        result: Result<SocketAddr, std::io::ErrorKind>,
+    ) {
+        let Some(slot) = self.relays.get_mut(relay as usize) else {
+            return;
+        };
+        let RelaySlot::Pending(p) = std::mem::replace(slot, RelaySlot::Free) else {
+            return;
+        };
+        let mut p = *p;
+        match result {
+            Ok(local) => {
+                self.pending_by_tuple.remove(&p.req.tuple);
+                let relay_addr = SocketAddr::new(p.external_ip, local.port());
+                let a = Allocation {
+                    tuple: p.req.tuple,
+                    username: p.auth.username.clone(),
+                    key: p.auth.key,
+                    kind: p.auth.kind,
+                    relay,
+                    relay_addr,
+                    port: p.port,
+                    expires: now + p.lifetime,
+                    created: now,
+                    permissions: Vec::new(),
+                    channels: Vec::new(),
+                    to_peer_packets: 0,
+                    to_peer_bytes: 0,
+                    to_client_packets: 0,
+                    to_client_bytes: 0,
+                };
+                let idx = match self.free_allocs.pop() {
+                    Some(i) => {
+                        self.allocs[i as usize] = Some(a);
+                        i
+                    }
+                    None => {
+                        self.allocs.push(Some(a));
+                        (self.allocs.len() - 1) as u32
+                    }
+                };
+                self.relays[relay as usize] = RelaySlot::Active(idx);
+                self.by_tuple.insert(p.req.tuple, idx);
+                self.timers.push(Reverse((now + p.lifetime, idx)));
+                self.stats.allocations_created += 1;
+                info!(
+                    event = "allocation_created",
+                    user = %p.auth.username,
+                    client = %p.req.tuple.client,
+                    transport = ?p.req.tuple.transport,
+                    relay = %relay_addr,
+                    lifetime = p.lifetime.as_secs(),
+                    "allocation created"
+                );
+                let mapped = p.req.tuple.client;
+                let lifetime = p.lifetime.as_secs() as u32;
+                let token = p.reservation;
+                self.respond(
+                    now,
+                    &p.req,
+                    Class::Success,
+                    Some((&p.auth.key, p.auth.kind)),
+                    true,
+                    |w| {
+                        w.xor_addr(attr::XOR_RELAYED_ADDRESS, relay_addr)
+                            .u32(attr::LIFETIME, lifetime);
+                        if let Some(t) = token {
+                            w.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+                        }
+                        w.xor_addr(attr::XOR_MAPPED_ADDRESS, mapped);
+                    },
+                );
+            }
+            Err(kind) => {
+                debug!(port = p.port, ?kind, "relay bind failed");
+                self.shared.release_port(p.port);
+                if let Some(t) = p.reservation.take() {
+                    if let Some(port) = self.shared.redeem(t, now) {
+                        self.shared.release_port(port);
+                    }
+                }
+                let retry = !p.from_token && p.attempts < MAX_BIND_ATTEMPTS;
+                if retry {
+                    if let Some((port, tok)) = self.shared.take_port(p.even, p.reserve_next, now) {
+                        p.port = port;
+                        p.reservation = tok;
+                        p.attempts += 1;
+                        let addr = SocketAddr::new(p.bind_ip, port);
+                        let dont_fragment = p.dont_fragment;
+                        self.relays[relay as usize] = RelaySlot::Pending(Box::new(p));
+                        self.commands.push_back(RelayCommand::Bind {
+                            relay,
+                            addr,
+                            dont_fragment,
+                        });
+                        return;
+                    }
+                }
+                self.pending_by_tuple.remove(&p.req.tuple);
+                self.free_relays.push(relay);
+                self.shared.release_quota(&p.auth.username);
+                info!(event = "capacity", client = %p.req.tuple.client, ?kind, "could not bind a relay socket");
+                let req = p.req;
+                self.error(now, &req, Some(&p.auth), 508, "", true);
+            }
+        }
+    }
+
+    /// RFC 8656 §7.3.
+    fn refresh(&mut self, now: Instant, req: &Req, msg: &Message) {
+        let Some(auth) = self.authenticate(now, req, msg) else {
+            return;
+        };
+        let Some(idx) = self.owned_allocation(now, req, &auth) else {
+            return;
+        };
+        let is_v4 = self.allocs[idx as usize]
+            .as_ref()
+            .is_some_and(|a| a.relay_addr.is_ipv4());
+        match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            Some([1, ..]) if !is_v4 => return self.error(now, req, Some(&auth), 443, "", true),
+            Some([2, ..]) if is_v4 => return self.error(now, req, Some(&auth), 443, "", true),
+            _ => {}
+        }
+        let requested = msg.get(attr::LIFETIME).and_then(decode_u32);
+        let lifetime =
+            desired_lifetime(requested, self.cfg.default_lifetime, self.cfg.max_lifetime);
+        if lifetime.is_zero() {
+            self.delete_allocation(now, idx, "refreshed to 0");
+        } else if let Some(a) = self.allocs[idx as usize].as_mut() {
+            a.expires = now + lifetime;
+            self.timers.push(Reverse((a.expires, idx)));
+        }
+        let secs = lifetime.as_secs() as u32;
+        self.respond(
+            now,
+            req,
+            Class::Success,
+            Some((&auth.key, auth.kind)),
+            true,
+            |w| {
+                w.u32(attr::LIFETIME, secs);
+            },
+        );
+    }
+
+    /// Decode a XOR-PEER-ADDRESS and apply the family and peer-filter checks shared by
+    /// CreatePermission and ChannelBind. Err: (code, reason) for the error response.
+    fn check_peer(
+        &mut self,
+        req: &Req,
+        v: &[u8],
+        relay_v4: bool,
+    ) -> Result<SocketAddr, (u16, &'static str)> {
+        let peer = decode_xor_addr(v, &req.tid).ok_or((400, "bad XOR-PEER-ADDRESS"))?;
+        // RFC 8656 §9.1 / §11.1: the peer must be of the relayed address's family.
+        if peer.is_ipv4() != relay_v4 {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
+        if let Err(reason) = self.cfg.peer_filter.check(peer) {
+            self.stats.peers_denied += 1;
+            info!(event = "peer_denied", client = %req.tuple.client, peer = %peer, reason = %reason, "peer address forbidden");
+            return Err((403, "Forbidden"));
+        }
+        Ok(peer)
+    }
+
+    /// RFC 8656 §9.2: all XOR-PEER-ADDRESSes are checked before any permission is installed.
+    fn create_permission(&mut self, now: Instant, req: &Req, msg: &Message) {
+        let Some(auth) = self.authenticate(now, req, msg) else {
+            return;
+        };
+        let Some(idx) = self.owned_allocation(now, req, &auth) else {
+            return;
+        };
+        let relay_v4 = self.allocs[idx as usize]
+            .as_ref()
+            .is_some_and(|a| a.relay_addr.is_ipv4());
+        let mut peers = [None; stun::MAX_ATTRS];
+        let mut n = 0;
+        for (t, v) in msg.iter() {
+            if t != attr::XOR_PEER_ADDRESS {
+                continue;
+            }
+            match self.check_peer(req, v, relay_v4) {
+                Ok(p) => {
+                    peers[n] = Some(p.ip());
+                    n += 1;
+                }
+                Err((code, why)) => return self.error(now, req, Some(&auth), code, why, true),
+            }
+        }
+        if n == 0 {
+            return self.error(now, req, Some(&auth), 400, "missing XOR-PEER-ADDRESS", true);
+        }
+        let Some(a) = self.allocs[idx as usize].as_mut() else {
+            return;
+        };
+        let ok = peers[..n]
+            .iter()
+            .flatten()
+            .all(|ip| a.add_permission(*ip, now, MAX_PERMISSIONS));
+        if !ok {
+            return self.error(now, req, Some(&auth), 508, "too many permissions", true);
+        }
+        self.respond(
+            now,
+            req,
+            Class::Success,
+            Some((&auth.key, auth.kind)),
+            true,
+            |_| {},
+        );
+    }
+
+    /// RFC 8656 §11.2.
+    fn channel_bind(&mut self, now: Instant, req: &Req, msg: &Message) {
+        let Some(auth) = self.authenticate(now, req, msg) else {
+            return;
+        };
+        let Some(idx) = self.owned_allocation(now, req, &auth) else {
+            return;
+        };
+        let number = match msg.get(attr::CHANNEL_NUMBER) {
+            Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
+            _ => return self.error(now, req, Some(&auth), 400, "missing CHANNEL-NUMBER", true),
+        };
+        if !(channel_data::MIN_CHANNEL..=channel_data::MAX_CHANNEL).contains(&number) {
+            return self.error(
+                now,
+                req,
+                Some(&auth),
+                400,
+                "channel number out of range",
+                true,
+            );
+        }
+        let Some(v) = msg.get(attr::XOR_PEER_ADDRESS) else {
+            return self.error(now, req, Some(&auth), 400, "missing XOR-PEER-ADDRESS", true);
+        };
+        let relay_v4 = self.allocs[idx as usize]
+            .as_ref()
+            .is_some_and(|a| a.relay_addr.is_ipv4());
+        let peer = match self.check_peer(req, v, relay_v4) {
+            Ok(p) => p,
+            Err((code, why)) => return self.error(now, req, Some(&auth), code, why, true),
+        };
+        let Some(a) = self.allocs[idx as usize].as_mut() else {
+            return;
+        };
+        if let Err(why) = a.bind_channel(number, peer, now, MAX_CHANNELS) {
+            return self.error(now, req, Some(&auth), 400, why, true);
+        }
+        // §11.2: binding a channel installs or refreshes the permission for the peer's IP.
+        if !a.add_permission(peer.ip(), now, MAX_PERMISSIONS) {
+            return self.error(now, req, Some(&auth), 508, "too many permissions", true);
+        }
+        self.respond(
+            now,
+            req,
+            Class::Success,
+            Some((&auth.key, auth.kind)),
+            true,
+            |_| {},
+        );
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    /// Expire allocations whose time is up (RFC 8656 §7: time-to-expiry) and old cached answers.
+    /// Permissions and channels expire by comparison at use, so they need no timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((t, idx))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let expired = self.allocs[idx as usize]
+                .as_ref()
+                .is_some_and(|a| a.expires <= now);
+            if expired {
+                self.delete_allocation(now, idx, "expired");
+            }
+        }
+        self.txn.expire(now);
+    }
+
+    fn delete_allocation(&mut self, now: Instant, idx: u32, reason: &'static str) {
+        let Some(a) = self.allocs[idx as usize].take() else {
+            return;
+        };
+        self.free_allocs.push(idx);
+        self.by_tuple.remove(&a.tuple);
+        self.relays[a.relay as usize] = RelaySlot::Free;
+        self.free_relays.push(a.relay);
+        self.commands
+            .push_back(RelayCommand::Close { relay: a.relay });
+        self.shared.release_port(a.port);
+        self.shared.release_quota(&a.username);
+        self.stats.allocations_deleted += 1;
+        info!(
+            event = "allocation_deleted",
+            reason,
+            user = %a.username,
+            client = %a.tuple.client,
+            relay = %a.relay_addr,
+            duration_s = now.saturating_duration_since(a.created).as_secs(),
+            to_peer_bytes = a.to_peer_bytes,
+            to_client_bytes = a.to_client_bytes,
+            "allocation deleted"
+        );
+    }
+
+    /// Delete every allocation (shutdown): frees ports and quotas, queues Close commands.
+    pub fn close_all(&mut self, now: Instant) {
+        for idx in 0..self.allocs.len() as u32 {
+            if self.allocs[idx as usize].is_some() {
+                self.delete_allocation(now, idx, "shutdown");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

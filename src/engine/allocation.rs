@@ -1,0 +1,155 @@
+//! One TURN allocation (RFC 8656 §2.2): relayed transport address, owner, lifetime, permissions
+//! (§9) and channel bindings (§11). Small vectors, scanned linearly: a real client has a
+//! handful of each, and the caps bound memory per client.
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::auth::Key;
+use super::{FiveTuple, RelayId};
+use crate::codec::stun::IntegrityKind;
+
+/// RFC 8656 §9: permissions last 300 s.
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 §11: channel bindings last 600 s.
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 §11: after a binding expires, neither its number nor its peer may be bound to
+/// anything else for 5 more minutes (so stray packets are not misdelivered).
+pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug)]
+pub struct Permission {
+    pub ip: IpAddr,
+    pub expires: Instant,
+}
+
+#[derive(Clone, Debug)]
+pub struct Channel {
+    pub number: u16,
+    pub peer: SocketAddr,
+    pub expires: Instant,
+}
+
+#[derive(Debug)]
+pub struct Allocation {
+    pub tuple: FiveTuple,
+    pub username: String,
+    pub key: Key,
+    pub kind: IntegrityKind,
+    pub relay: RelayId,
+    /// Address advertised in XOR-RELAYED-ADDRESS (external IP when configured).
+    pub relay_addr: SocketAddr,
+    pub port: u16,
+    pub expires: Instant,
+    pub created: Instant,
+    pub permissions: Vec<Permission>,
+    pub channels: Vec<Channel>,
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+}
+
+impl Allocation {
+    #[inline]
+    pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| p.ip == ip && p.expires > now)
+    }
+
+    /// Install or refresh a permission. Returns false when the cap is reached.
+    pub fn add_permission(&mut self, ip: IpAddr, now: Instant, cap: usize) -> bool {
+        let expires = now + PERMISSION_LIFETIME;
+        if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+            p.expires = expires;
+            return true;
+        }
+        self.permissions.retain(|p| p.expires > now);
+        if self.permissions.len() >= cap {
+            return false;
+        }
+        self.permissions.push(Permission { ip, expires });
+        true
+    }
+
+    /// The peer bound to `number`, if the binding is live.
+    #[inline]
+    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels
+            .iter()
+            .find(|c| c.number == number && c.expires > now)
+            .map(|c| c.peer)
+    }
+
+    /// The live channel bound to `peer`, if any.
+    #[inline]
+    pub fn channel_for_peer(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        self.channels
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now)
+            .map(|c| c.number)
+    }
+
+    /// RFC 8656 §11.2 rebind rules; `Err` names the reason for a 400.
+    pub fn bind_channel(
+        &mut self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+        cap: usize,
+    ) -> Result<(), &'static str> {
+        // Bindings past their cool-down are gone for good.
+        self.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);
+        for c in &self.channels {
+            if c.number == number && c.peer != peer {
+                return Err("channel number bound to another peer");
+            }
+            if c.peer == peer && c.number != number {
+                return Err("peer bound to another channel");
+            }
+        }
+        let expires = now + CHANNEL_LIFETIME;
+        if let Some(c) = self.channels.iter_mut().find(|c| c.number == number) {
+            c.expires = expires;
+            return Ok(());
+        }
+        if self.channels.len() >= cap {
+            return Err("too many channels");
+        }
+        self.channels.push(Channel {
+            number,
+            peer,
+            expires,
+        });
+        Ok(())
+    }
+}
+
+/// RFC 8656 §7.2 / §7.3: the "desired lifetime". Zero only when asked for zero; otherwise
+/// min(requested, max), but never below the default.
+pub fn desired_lifetime(requested: Option<u32>, default: Duration, max: Duration) -> Duration {
+    match requested {
+        Some(0) => Duration::ZERO,
+        Some(r) => Duration::from_secs(r as u64).min(max).max(default.min(max)),
+        None => default.min(max),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetime_rules() {
+        let d = Duration::from_secs(600);
+        let m = Duration::from_secs(3600);
+        assert_eq!(desired_lifetime(None, d, m), d);
+        assert_eq!(desired_lifetime(Some(0), d, m), Duration::ZERO);
+        assert_eq!(desired_lifetime(Some(30), d, m), d);
+        assert_eq!(
+            desired_lifetime(Some(1200), d, m),
+            Duration::from_secs(1200)
+        );
+        assert_eq!(desired_lifetime(Some(99999), d, m), m);
+    }
+}
