@@ -1,3 +1,9 @@
-//! Sockets, shard threads, config, CLI, signals (being written).
+//! The I/O layer: sockets, shard threads, config, CLI, signals. It drives the sans-IO
+//! [`crate::engine`]; the relay loop itself is [`shard`].
 pub mod cli;
 pub mod config;
+pub mod server;
+pub mod shard;
+pub mod sockets;
+
+pub use server::{Server, StartError};

@@ -1,0 +1,110 @@
+//! Socket creation: SO_REUSEPORT listener groups (one socket per shard) and relay sockets.
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::shard::SocketOptions;
+
+fn new_udp(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Keep IPv6 sockets IPv6-only: an IPv4 listener is configured separately.
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Buffers are a request: the kernel caps them at net.core.{r,w}mem_max. Failure is not fatal.
+fn set_buffers(s: &Socket, recv: usize, send: usize) {
+    if recv > 0 {
+        let _ = s.set_recv_buffer_size(recv);
+    }
+    if send > 0 {
+        let _ = s.set_send_buffer_size(send);
+    }
+}
+
+/// Bind `n` UDP sockets to `addr` in one SO_REUSEPORT group, one per shard. The kernel hashes
+/// each client's 4-tuple to one of them, so a client always reaches the same shard.
+///
+/// A plain bind is tried first: SO_REUSEPORT would otherwise silently share the port with
+/// another process that also set it (a second server instance), splitting its traffic.
+pub fn bind_listener_group(
+    addr: SocketAddr,
+    n: usize,
+    recv_buf: usize,
+    send_buf: usize,
+) -> io::Result<Vec<UdpSocket>> {
+    let mut addr = addr;
+    if addr.port() != 0 {
+        drop(UdpSocket::bind(addr)?);
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = new_udp(addr)?;
+        s.set_reuse_port(true)?;
+        set_buffers(&s, recv_buf, send_buf);
+        s.bind(&addr.into())?;
+        if addr.port() == 0 {
+            // Ephemeral port (tests): the rest of the group joins the port the first one got.
+            addr = s
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("not an inet socket"))?;
+        }
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
+/// A relay socket on `addr`. No SO_REUSEPORT: a port held by anything else must fail, so the
+/// engine picks another. DONT-FRAGMENT (RFC 8656 §14.8) maps to IP_MTU_DISCOVER = IP_PMTUDISC_DO.
+pub fn bind_relay_socket(
+    addr: SocketAddr,
+    dont_fragment: bool,
+    opts: SocketOptions,
+) -> io::Result<UdpSocket> {
+    let s = new_udp(addr)?;
+    set_buffers(&s, opts.recv_buffer, opts.send_buffer);
+    if dont_fragment {
+        set_dont_fragment(&s, addr.is_ipv6())?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+#[cfg(target_os = "linux")]
+fn set_dont_fragment(s: &Socket, v6: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name, val) = if v6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+    };
+    // SAFETY: a valid fd and a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            &val as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_dont_fragment(_s: &Socket, _v6: bool) -> io::Result<()> {
+    Ok(())
+}
