@@ -13,6 +13,9 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::CheckConfig) = &cli.command {
+        return config::check_config(&cli);
+    }
     let cfg = match config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -20,11 +23,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(Command::CheckConfig { .. }) = &cli.command {
-        println!("{}", cfg.summary());
-        println!("configuration OK");
-        return ExitCode::SUCCESS;
-    }
     if let Err(e) = init_logging(&cfg) {
         eprintln!("ferroturn: {e}");
         return ExitCode::from(EXIT_CONFIG);
@@ -107,7 +105,7 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
                 .with_writer(std::sync::Mutex::new(f))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder.with_writer(std::io::stdout).init(),
     }
     Ok(())
 }

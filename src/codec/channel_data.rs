@@ -4,9 +4,12 @@
 /// RFC 8656 §12: channel numbers 0x4000 through 0x4FFF may be bound.
 pub const MIN_CHANNEL: u16 = 0x4000;
 pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// RFC 5766 §11 allowed up to 0x7FFF; kept behind the `legacy-channel-numbers` option.
+pub const MAX_CHANNEL_LEGACY: u16 = 0x7FFF;
 pub const HEADER_LEN: usize = 4;
 
 /// What the first byte of a datagram on a TURN listener says it is (RFC 7983 §7, RFC 8656 §12).
+/// With legacy channel numbers, 0x50-0x7F are ChannelData too; the caller decides via `parse`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// 0..=3: STUN.
@@ -21,7 +24,7 @@ pub enum Kind {
 pub fn classify(first: u8) -> Kind {
     match first {
         0..=3 => Kind::Stun,
-        0x40..=0x4f => Kind::ChannelData,
+        0x40..=0x7f => Kind::ChannelData,
         _ => Kind::Other,
     }
 }
@@ -29,13 +32,13 @@ pub fn classify(first: u8) -> Kind {
 /// Parse a ChannelData message: `(channel, payload)`. Over UDP the datagram may carry padding
 /// past the stated length (§12.5), which is ignored; a length past the end is invalid.
 #[inline(always)]
-pub fn parse(b: &[u8]) -> Option<(u16, &[u8])> {
+pub fn parse(b: &[u8], max_channel: u16) -> Option<(u16, &[u8])> {
     if b.len() < HEADER_LEN {
         return None;
     }
     let ch = u16::from_be_bytes([b[0], b[1]]);
     let len = u16::from_be_bytes([b[2], b[3]]) as usize;
-    if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&ch) || b.len() - HEADER_LEN < len {
+    if !(MIN_CHANNEL..=max_channel).contains(&ch) || b.len() - HEADER_LEN < len {
         return None;
     }
     Some((ch, &b[HEADER_LEN..HEADER_LEN + len]))
@@ -76,7 +79,8 @@ mod tests {
         assert_eq!(classify(0x01), Kind::Stun);
         assert_eq!(classify(0x40), Kind::ChannelData);
         assert_eq!(classify(0x4f), Kind::ChannelData);
-        assert_eq!(classify(0x50), Kind::Other);
+        assert_eq!(classify(0x7f), Kind::ChannelData);
+        assert_eq!(classify(0x80), Kind::Other);
         assert_eq!(classify(0x16), Kind::Other); // DTLS
         assert_eq!(classify(0x80), Kind::Other); // RTP
     }
@@ -87,21 +91,29 @@ mod tests {
         buf[4..9].copy_from_slice(b"hello");
         let r = frame_in_place(&mut buf, 4, 5, 0x4001, true);
         assert_eq!(r, 0..12);
-        assert_eq!(parse(&buf[r]), Some((0x4001, &b"hello"[..])));
+        assert_eq!(parse(&buf[r], MAX_CHANNEL), Some((0x4001, &b"hello"[..])));
         let r = frame_in_place(&mut buf, 4, 5, 0x4fff, false);
         assert_eq!(r, 0..9);
-        assert_eq!(parse(&buf[r]), Some((0x4fff, &b"hello"[..])));
+        assert_eq!(parse(&buf[r], MAX_CHANNEL), Some((0x4fff, &b"hello"[..])));
     }
 
     #[test]
     fn parse_rejects() {
-        assert_eq!(parse(&[0x40, 0, 0]), None);
-        assert_eq!(parse(&[0x50, 0, 0, 0]), None); // reserved range
-        assert_eq!(parse(&[0x3f, 0xff, 0, 0]), None);
-        assert_eq!(parse(&[0x40, 0, 0, 5, 1, 2]), None); // length past the end
-        assert_eq!(parse(&[0x40, 0, 0, 0]), Some((0x4000, &[][..])));
+        assert_eq!(parse(&[0x40, 0, 0], MAX_CHANNEL), None);
+        assert_eq!(parse(&[0x50, 0, 0, 0], MAX_CHANNEL), None); // reserved by RFC 8656
         assert_eq!(
-            parse(&[0x40, 0, 0, 1, 9, 0, 0, 0]),
+            parse(&[0x50, 0, 0, 0], MAX_CHANNEL_LEGACY),
+            Some((0x5000, &[][..]))
+        );
+        assert_eq!(parse(&[0x80, 0, 0, 0], MAX_CHANNEL_LEGACY), None);
+        assert_eq!(parse(&[0x3f, 0xff, 0, 0], MAX_CHANNEL), None);
+        assert_eq!(parse(&[0x40, 0, 0, 5, 1, 2], MAX_CHANNEL), None); // length past the end
+        assert_eq!(
+            parse(&[0x40, 0, 0, 0], MAX_CHANNEL),
+            Some((0x4000, &[][..]))
+        );
+        assert_eq!(
+            parse(&[0x40, 0, 0, 1, 9, 0, 0, 0], MAX_CHANNEL),
             Some((0x4000, &[9][..]))
         );
     }

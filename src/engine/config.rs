@@ -47,6 +47,20 @@ pub struct EngineConfig {
     pub user_quota: u32,
     /// Max allocations in the whole server (0 = unlimited) → 508.
     pub total_quota: u32,
+    /// Also accept channel numbers 0x5000-0x7FFF, the RFC 5766 range that RFC 8656 §12 took
+    /// back (coturn's clients still pick from it). Off by default.
+    pub legacy_channel_numbers: bool,
+}
+
+impl EngineConfig {
+    /// Highest channel number a client may bind (RFC 8656 §12, or RFC 5766 §11 when legacy).
+    pub fn max_channel(&self) -> u16 {
+        if self.legacy_channel_numbers {
+            crate::codec::channel_data::MAX_CHANNEL_LEGACY
+        } else {
+            crate::codec::channel_data::MAX_CHANNEL
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -68,6 +82,7 @@ impl Default for EngineConfig {
             peer_filter: PeerFilter::default(),
             user_quota: 0,
             total_quota: 0,
+            legacy_channel_numbers: false,
         }
     }
 }

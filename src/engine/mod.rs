@@ -279,7 +279,7 @@ impl Engine {
         tuple: FiveTuple,
         data: &'a [u8],
     ) -> ClientAction<'a> {
-        let Some((number, payload)) = channel_data::parse(data) else {
+        let Some((number, payload)) = channel_data::parse(data, self.cfg.max_channel()) else {
             self.stats.dropped_malformed += 1;
             return ClientAction::None;
         };
@@ -1027,15 +1027,13 @@ impl Engine {
             Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
             _ => return self.error(now, req, Some(&auth), 400, "missing CHANNEL-NUMBER", true),
         };
-        if !(channel_data::MIN_CHANNEL..=channel_data::MAX_CHANNEL).contains(&number) {
-            return self.error(
-                now,
-                req,
-                Some(&auth),
-                400,
-                "channel number out of range",
-                true,
-            );
+        if !(channel_data::MIN_CHANNEL..=self.cfg.max_channel()).contains(&number) {
+            let why = if self.cfg.legacy_channel_numbers {
+                "channel number outside 0x4000-0x7FFF"
+            } else {
+                "channel number outside 0x4000-0x4FFF (RFC 8656 12); see legacy-channel-numbers"
+            };
+            return self.error(now, req, Some(&auth), 400, why, true);
         }
         let Some(v) = msg.get(attr::XOR_PEER_ADDRESS) else {
             return self.error(now, req, Some(&auth), 400, "missing XOR-PEER-ADDRESS", true);

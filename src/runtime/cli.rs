@@ -1,1 +1,210 @@
-//! CLI (being written).
+//! Command line. Flag names follow coturn's `turnserver` where the concept is the same, so
+//! existing runbooks carry over. Every flag can also be set in the TOML file (same name,
+//! without the dashes); a flag given here overrides the file. A list flag given here
+//! (`--user`, `--listening-ip`, ...) replaces the file's list instead of adding to it.
+//!
+//! Numbers are taken as `u64` and range-checked by [`crate::runtime::config::load`], so
+//! "not a port" has the same message whether it came from the file or from here.
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+/// ferroturn: a STUN/TURN relay server (RFC 8489, RFC 8656).
+///
+/// All options can also be set in the TOML file given with --config; options given on the
+/// command line override the file. See turnserver.toml.example for every key.
+#[derive(Parser, Clone, Default)]
+#[command(name = "ferroturn", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// TOML configuration file (coturn: -c).
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "FILE",
+        env = "FERROTURN_CONFIG",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
+
+    /// IP address to listen on; repeatable [default: 0.0.0.0] (coturn: -L).
+    #[arg(short = 'L', long, value_name = "IP", global = true)]
+    pub listening_ip: Vec<String>,
+
+    /// UDP port to listen on [default: 3478] (coturn: -p).
+    #[arg(short = 'p', long, value_name = "PORT", global = true)]
+    pub listening_port: Option<u64>,
+
+    /// Address relay sockets are bound to; at most one per address family
+    /// [default: the listening IP of that family] (coturn: -E).
+    #[arg(short = 'E', long, value_name = "IP", global = true)]
+    pub relay_ip: Vec<String>,
+
+    /// Public address advertised in XOR-RELAYED-ADDRESS when behind NAT; one per family.
+    /// coturn's PUBLIC/PRIVATE form is accepted (the public part is advertised) (coturn: -X).
+    #[arg(short = 'X', long, value_name = "IP[/PRIVATE-IP]", global = true)]
+    pub external_ip: Vec<String>,
+
+    /// Lowest relay port [default: 49152] (coturn: --min-port).
+    #[arg(long, value_name = "PORT", global = true)]
+    pub min_port: Option<u64>,
+
+    /// Highest relay port [default: 65535] (coturn: --max-port).
+    #[arg(long, value_name = "PORT", global = true)]
+    pub max_port: Option<u64>,
+
+    /// REALM for long-term credentials [default: ferroturn] (coturn: -r).
+    #[arg(short = 'r', long, value_name = "REALM", global = true)]
+    pub realm: Option<String>,
+
+    /// Static user NAME:PASSWORD, or NAME:0x<32 hex> for a precomputed
+    /// MD5(name:realm:password) key; repeatable (coturn: -u).
+    #[arg(short = 'u', long, value_name = "NAME:PASS", global = true)]
+    pub user: Vec<String>,
+
+    /// Enable TURN REST API credentials (time-limited, HMAC of a shared secret)
+    /// (coturn: --use-auth-secret).
+    #[arg(long, global = true)]
+    pub use_auth_secret: bool,
+
+    /// Shared secret for the TURN REST API; repeatable (first = current, all accepted, for
+    /// rotation). Prefer the environment variable: the command line is visible in `ps`.
+    /// Implies --use-auth-secret (coturn: --static-auth-secret).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "FERROTURN_STATIC_AUTH_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub static_auth_secret: Vec<String>,
+
+    /// Allow relaying to loopback peers (127.0.0.0/8, ::1); for tests only
+    /// (coturn: --allow-loopback-peers).
+    #[arg(long, global = true)]
+    pub allow_loopback_peers: bool,
+
+    /// Also accept channel numbers 0x5000-0x7FFF (RFC 5766; RFC 8656 reserves them). Needed by
+    /// older clients such as coturn's turnutils_uclient.
+    #[arg(long, global = true)]
+    pub legacy_channel_numbers: bool,
+
+    /// Peer IP, CIDR or coturn range A-B that is always allowed, overriding every deny rule;
+    /// repeatable (coturn: --allowed-peer-ip).
+    #[arg(long, value_name = "RANGE", global = true)]
+    pub allowed_peer_ip: Vec<String>,
+
+    /// Peer IP, CIDR or coturn range A-B that is never relayed to; repeatable
+    /// (coturn: --denied-peer-ip).
+    #[arg(long, value_name = "RANGE", global = true)]
+    pub denied_peer_ip: Vec<String>,
+
+    /// Cap on the lifetime a client may request, seconds [default: 3600]
+    /// (coturn: --max-allocate-lifetime).
+    #[arg(long, value_name = "SECS", global = true)]
+    pub max_allocate_lifetime: Option<u64>,
+
+    /// Lifetime when the client requests none, seconds [default: 600]
+    /// (no coturn equivalent: coturn always uses 600).
+    #[arg(long, value_name = "SECS", global = true)]
+    pub default_allocate_lifetime: Option<u64>,
+
+    /// Nonce lifetime, seconds, before 438 Stale Nonce [default: 600] (coturn: --stale-nonce).
+    #[arg(long, value_name = "SECS", global = true)]
+    pub stale_nonce: Option<u64>,
+
+    /// Max allocations per username, 0 = unlimited [default: 0] (coturn: -q).
+    #[arg(short = 'q', long, value_name = "N", global = true)]
+    pub user_quota: Option<u64>,
+
+    /// Max allocations in total, 0 = unlimited [default: 0] (coturn: -Q).
+    #[arg(short = 'Q', long, value_name = "N", global = true)]
+    pub total_quota: Option<u64>,
+
+    /// Relay worker threads [default: number of CPUs] (coturn: -m).
+    #[arg(short = 'm', long, value_name = "N", global = true)]
+    pub relay_threads: Option<u64>,
+
+    /// SOFTWARE attribute value; not sent unless set (coturn: --software-attribute, which
+    /// sends coturn's version).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub software: Option<String>,
+
+    /// Log file; `stdout` or `-` = standard output [default: stdout] (coturn: -l).
+    #[arg(short = 'l', long, value_name = "PATH", global = true)]
+    pub log_file: Option<String>,
+
+    /// More logging: -v = debug, -vv = trace [default: info] (coturn: -v).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count, global = true,
+          conflicts_with = "log_level")]
+    pub verbose: u8,
+
+    /// Log level (error, warn, info, debug, trace, off) or a tracing filter such as
+    /// `info,ferroturn::engine=debug` [default: info].
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<String>,
+}
+
+#[derive(Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Load and validate the configuration, print a summary (no secrets) and exit:
+    /// 0 = valid, 2 = invalid.
+    CheckConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn coturn_style_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "ferroturn",
+            "-c",
+            "/etc/t.toml",
+            "-L",
+            "10.0.0.1",
+            "--listening-ip",
+            "::1",
+            "-p",
+            "3479",
+            "-X",
+            "203.0.113.1/10.0.0.1",
+            "-u",
+            "a:b",
+            "-u",
+            "c:d",
+            "--static-auth-secret",
+            "s",
+            "-vv",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("/etc/t.toml")));
+        assert_eq!(cli.listening_ip, ["10.0.0.1", "::1"]);
+        assert_eq!(cli.listening_port, Some(3479));
+        assert_eq!(cli.external_ip, ["203.0.113.1/10.0.0.1"]);
+        assert_eq!(cli.user, ["a:b", "c:d"]);
+        assert_eq!(cli.verbose, 2);
+        assert_eq!(cli.command, None);
+    }
+
+    #[test]
+    fn check_config_subcommand_takes_config_after_it() {
+        let cli = Cli::try_parse_from(["ferroturn", "check-config", "--config", "f.toml"]).unwrap();
+        assert_eq!(cli.command, Some(Command::CheckConfig));
+        assert_eq!(cli.config, Some(PathBuf::from("f.toml")));
+    }
+
+    #[test]
+    fn verbose_and_log_level_conflict() {
+        assert!(Cli::try_parse_from(["ferroturn", "-v", "--log-level", "warn"]).is_err());
+    }
+}

@@ -68,19 +68,15 @@ impl Server {
         let mut per_shard: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         for &addr in &cfg.listen {
-            let group = sockets::bind_listener_group(
-                addr,
-                n,
-                cfg.udp_recv_buffer,
-                cfg.udp_send_buffer,
-            )
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    StartError::AddrInUse(addr)
-                } else {
-                    StartError::Bind(addr, e)
-                }
-            })?;
+            let group =
+                sockets::bind_listener_group(addr, n, cfg.udp_recv_buffer, cfg.udp_send_buffer)
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::AddrInUse {
+                            StartError::AddrInUse(addr)
+                        } else {
+                            StartError::Bind(addr, e)
+                        }
+                    })?;
             local_addrs.push(group[0].local_addr().map_err(StartError::Io)?);
             for (i, s) in group.into_iter().enumerate() {
                 per_shard[i].push(s);

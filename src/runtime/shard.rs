@@ -223,10 +223,10 @@ impl Shard {
 
     fn reregister_listener(&mut self, li: usize) {
         if let Some((s, _)) = self.listeners.get_mut(li) {
-            let _ = self
-                .poll
-                .registry()
-                .reregister(s, Token(LISTENER_BASE + li), Interest::READABLE);
+            let _ =
+                self.poll
+                    .registry()
+                    .reregister(s, Token(LISTENER_BASE + li), Interest::READABLE);
         }
     }
 

@@ -85,7 +85,11 @@ fn set_dont_fragment(s: &Socket, v6: bool) -> io::Result<()> {
             libc::IPV6_PMTUDISC_DO,
         )
     } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
     };
     // SAFETY: a valid fd and a c_int option value of the right size.
     let r = unsafe {

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Drive ferroturn with coturn's own test clients (Debian package `coturn`):
+#   turnutils_stunclient  - STUN Binding
+#   turnutils_uclient     - TURN allocations relaying to turnutils_peer (echo) on 127.0.0.1,
+#                           ChannelData mode and Send-indication mode (-s), several sessions, paced
+#   turnutils_uclient -y  - client-to-client through two relays of the same server
+#   turnutils_uclient -W  - TURN REST API credentials (shared secret)
+# Every run must report 0 lost packets. Loopback only; kills only the PIDs it started.
+#
+# Usage: tests/interop/coturn-clients.sh [path/to/ferroturn]   (default: target/release/ferroturn)
+set -euo pipefail
+
+BIN=${1:-target/release/ferroturn}
+PORT=${TURN_PORT:-34878}
+PEER_PORT=${PEER_PORT:-34890}
+USER=uclient
+PASS=uclient-pass
+REALM=interop.test
+SECRET=interop-secret
+OUT=$(mktemp -d /tmp/ferroturn-interop.XXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+command -v turnutils_uclient >/dev/null || { echo "turnutils_uclient missing: apt-get install coturn" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "no binary at $BIN (cargo build --release)" >&2; exit 2; }
+
+"$BIN" --listening-ip 127.0.0.1 --listening-port "$PORT" --relay-ip 127.0.0.1 \
+  --min-port 45000 --max-port 45999 --realm "$REALM" --user "$USER:$PASS" \
+  --use-auth-secret --static-auth-secret "$SECRET" \
+  --allow-loopback-peers --legacy-channel-numbers --relay-threads 2 --log-file "$OUT/ferroturn.log" >"$OUT/ferroturn.stdout" 2>&1 &
+SERVER=$!; PIDS+=("$SERVER")
+turnutils_peer -L 127.0.0.1 -p "$PEER_PORT" >"$OUT/peer.log" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 50); do ss -H -lun "sport = :$PORT" | grep -q . && break; sleep 0.1; done
+ss -H -lun "sport = :$PORT" | grep -q . || { echo "ferroturn did not start"; cat "$OUT"/ferroturn.*; exit 1; }
+
+fail=0
+pass() { echo "  PASS $*"; }
+bad() { echo "  FAIL $*"; fail=1; }
+
+echo "== turnutils_stunclient"
+if timeout 20 turnutils_stunclient -p "$PORT" 127.0.0.1 >"$OUT/stun.log" 2>&1 \
+   && grep -Eq "UDP reflexive addr: 127\.0\.0\.1:[0-9]+" "$OUT/stun.log"; then
+  pass "binding: $(grep -Eo 'UDP reflexive addr: [0-9.:]+' "$OUT/stun.log" | head -1)"
+else bad "stunclient"; cat "$OUT/stun.log"; fi
+
+# name | flags. -c: no RTCP allocation; -z: ms between packets per session (paced).
+run_uclient() {
+  local name=$1; shift
+  local log="$OUT/uclient-$name.log"
+  if ! timeout 120 turnutils_uclient "$@" -p "$PORT" -u "$USER" -w "$PASS" 127.0.0.1 >"$log" 2>&1; then
+    bad "$name: uclient exited non-zero"; tail -20 "$log"; return
+  fi
+  local lost sent recv
+  lost=$(grep -Eo "Total lost packets [0-9]+ \([0-9.]+%\)" "$log" | tail -1 || true)
+  sent=$(grep -Eo "tot_send_msgs=[0-9]+" "$log" | tail -1 | cut -d= -f2 || true)
+  recv=$(grep -Eo "tot_recv_msgs=[0-9]+" "$log" | tail -1 | cut -d= -f2 || true)
+  if [[ "$lost" =~ ^Total\ lost\ packets\ 0\  ]] && [[ -n "$sent" && "$sent" -gt 0 && "$sent" == "$recv" ]]; then
+    pass "$name: sent=$sent recv=$recv, $lost; $(grep -Eo 'Average round trip delay [0-9.]+ ms' "$log" | tail -1)"
+  else
+    bad "$name: sent=$sent recv=$recv '$lost'"; tail -20 "$log"
+  fi
+}
+
+echo "== turnutils_uclient against turnutils_peer (echo) on 127.0.0.1:$PEER_PORT"
+run_uclient channeldata-10x500   -c -m 10 -n 500 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
+run_uclient send-indication-10x500 -s -c -m 10 -n 500 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
+run_uclient channeldata-1000B-5x300 -c -m 5 -n 300 -l 1000 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
+run_uclient dont-fragment-5x200  -g -c -m 5 -n 200 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
+run_uclient client-to-client-10x500 -y -c -m 10 -n 500 -l 100 -z 10
+echo "== turnutils_uclient with TURN REST API credentials (-W secret)"
+if timeout 60 turnutils_uclient -c -m 4 -n 200 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT" \
+     -p "$PORT" -u restuser -W "$SECRET" 127.0.0.1 >"$OUT/uclient-rest.log" 2>&1 \
+   && grep -Eq "Total lost packets 0 " "$OUT/uclient-rest.log"; then
+  pass "rest-api: $(grep -Eo 'Total lost packets [0-9]+ \([0-9.]+%\)' "$OUT/uclient-rest.log" | tail -1)"
+else bad "rest-api"; tail -20 "$OUT/uclient-rest.log"; fi
+echo "== wrong password is refused"
+if timeout 30 turnutils_uclient -c -m 1 -n 5 -e 127.0.0.1 -r "$PEER_PORT" -p "$PORT" -u "$USER" -w wrong 127.0.0.1 >"$OUT/uclient-wrong.log" 2>&1 \
+   && grep -Eq "Total lost packets 0 " "$OUT/uclient-wrong.log"; then
+  bad "wrong password was accepted"
+else pass "wrong password refused"; fi
+
+kill -0 "$SERVER" 2>/dev/null && pass "server still running" || bad "server died"
+grep -q "panicked" "$OUT/ferroturn.log" "$OUT/ferroturn.stdout" && bad "server log shows a panic"
+echo "allocation log lines: $(grep -c allocation_created "$OUT/ferroturn.log" || true) created, $(grep -c allocation_deleted "$OUT/ferroturn.log" || true) deleted"
+if [ "$fail" -ne 0 ]; then echo "coturn client interop: FAILED (logs in $OUT)"; exit 1; fi
+echo "coturn client interop: all passed"
+rm -rf "$OUT"
