@@ -105,7 +105,14 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
                 .with_writer(std::sync::Mutex::new(f))
                 .init();
         }
-        None => builder.with_writer(std::io::stdout).init(),
+        None => {
+            use std::io::IsTerminal;
+            // Colours only for a person at a terminal, never into the journal or a pipe.
+            builder
+                .with_ansi(std::io::stdout().is_terminal())
+                .with_writer(std::io::stdout)
+                .init()
+        }
     }
     Ok(())
 }

@@ -79,7 +79,9 @@ echo "== wrong password is refused"
 if timeout 30 turnutils_uclient -c -m 1 -n 5 -e 127.0.0.1 -r "$PEER_PORT" -p "$PORT" -u "$USER" -w wrong 127.0.0.1 >"$OUT/uclient-wrong.log" 2>&1 \
    && grep -Eq "Total lost packets 0 " "$OUT/uclient-wrong.log"; then
   bad "wrong password was accepted"
-else pass "wrong password refused"; fi
+elif grep -q 'reason="bad MESSAGE-INTEGRITY"' "$OUT/ferroturn.log"; then
+  pass "wrong password refused (server logged auth_failure: bad MESSAGE-INTEGRITY)"
+else bad "wrong password: no auth_failure logged"; fi
 
 kill -0 "$SERVER" 2>/dev/null && pass "server still running" || bad "server died"
 grep -q "panicked" "$OUT/ferroturn.log" "$OUT/ferroturn.stdout" && bad "server log shows a panic"
