@@ -152,8 +152,9 @@ pub enum ParseError {
 #[derive(Clone, Copy, Debug, Default)]
 struct AttrPos {
     ty: u16,
-    /// Offset of the value (after the 4-byte attribute header).
-    off: u16,
+    /// Offset of the value (after the 4-byte attribute header). u32: on a stream transport a
+    /// message can be 20 + 65532 bytes, so a value may start past offset 65535.
+    off: u32,
     len: u16,
 }
 
@@ -258,7 +259,7 @@ impl<'a> Message<'a> {
                     }
                     m.attrs[m.n_attrs] = AttrPos {
                         ty,
-                        off: (off + 4) as u16,
+                        off: (off + 4) as u32,
                         len: alen as u16,
                     };
                     m.n_attrs += 1;

@@ -2,7 +2,7 @@
 //! (draft-uberti-behave-turn-rest-00, as coturn implements it), stateless nonces, USERHASH and
 //! PASSWORD-ALGORITHMS. Every MAC comparison goes through `hmac`'s constant-time `verify_*`.
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -55,7 +55,8 @@ impl std::fmt::Debug for Key {
 pub struct Authenticated {
     pub username: String,
     pub key: Key,
-    /// Sign the response with the integrity attribute the request used (RFC 8489 §9.2.4).
+    /// How to sign responses (RFC 8489 §9.2.4): MESSAGE-INTEGRITY-SHA256 once a password
+    /// algorithm was negotiated, else the integrity attribute the request used.
     pub kind: IntegrityKind,
     /// PASSWORD-ALGORITHM used to derive `key`; later requests on the allocation must match.
     pub algorithm: u16,
@@ -121,21 +122,28 @@ impl Auth {
         &self.realm
     }
 
-    fn nonce_tag(&self, expiry: u64, ip: IpAddr) -> [u8; 32] {
+    /// HMAC(key, expiry || client IP || client port). RFC 8489 §9.2.4: the server MUST NOT
+    /// choose the same NONCE for two requests unless they have the same source IP and port.
+    fn nonce_mac(&self, expiry: u64, client: SocketAddr) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.nonce_key).expect("any key");
         mac.update(&expiry.to_be_bytes());
-        match ip {
+        match client.ip() {
             IpAddr::V4(v4) => mac.update(&v4.octets()),
             IpAddr::V6(v6) => mac.update(&v6.octets()),
         }
-        mac.finalize().into_bytes().into()
+        mac.update(&client.port().to_be_bytes());
+        mac
     }
 
-    /// A stateless nonce: cookie + features + hex(expiry) + hex(HMAC(key, expiry || client IP)).
-    /// Nothing is stored per client; any shard can verify it.
-    pub fn make_nonce(&self, ip: IpAddr, unix_now: u64) -> String {
+    /// A stateless nonce: cookie + features + hex(expiry) + hex(HMAC(key, expiry || client
+    /// transport address)). Nothing is stored per client; any shard can verify it.
+    pub fn make_nonce(&self, client: SocketAddr, unix_now: u64) -> String {
         let expiry = unix_now + self.nonce_lifetime;
-        let tag = self.nonce_tag(expiry, ip);
+        let tag: [u8; 32] = self
+            .nonce_mac(expiry, client)
+            .finalize()
+            .into_bytes()
+            .into();
         let mut s = String::with_capacity(64);
         s.push_str(NONCE_COOKIE);
         s.push_str(NONCE_FEATURES);
@@ -146,7 +154,7 @@ impl Auth {
         s
     }
 
-    fn nonce_valid(&self, nonce: &[u8], ip: IpAddr, unix_now: u64) -> bool {
+    fn nonce_valid(&self, nonce: &[u8], client: SocketAddr, unix_now: u64) -> bool {
         let prefix = NONCE_COOKIE.len() + NONCE_FEATURES.len();
         if nonce.len() != prefix + 16 + 2 * NONCE_TAG_LEN
             || !nonce.starts_with(NONCE_COOKIE.as_bytes())
@@ -164,20 +172,17 @@ impl Auth {
                 None => return false,
             }
         }
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.nonce_key).expect("any key");
-        mac.update(&expiry.to_be_bytes());
-        match ip {
-            IpAddr::V4(v4) => mac.update(&v4.octets()),
-            IpAddr::V6(v6) => mac.update(&v6.octets()),
-        }
-        mac.verify_truncated_left(&claimed).is_ok() && expiry > unix_now
+        self.nonce_mac(expiry, client)
+            .verify_truncated_left(&claimed)
+            .is_ok()
+            && expiry > unix_now
     }
 
     /// RFC 8489 §9.2.4: check a request that should carry long-term credentials.
     pub fn authenticate(
         &self,
         msg: &Message,
-        ip: IpAddr,
+        client: SocketAddr,
         unix_now: u64,
     ) -> Result<Authenticated, AuthError> {
         let Some(kind) = msg.integrity_kind() else {
@@ -191,7 +196,7 @@ impl Auth {
         if username.is_none() && uhash.is_none() {
             return Err(AuthError::BadRequest("missing USERNAME"));
         }
-        if !self.nonce_valid(nonce, ip, unix_now) {
+        if !self.nonce_valid(nonce, client, unix_now) {
             return Err(AuthError::StaleNonce);
         }
         if realm != self.realm.as_bytes() {
@@ -215,6 +220,13 @@ impl Auth {
                 alg
             }
             _ => return Err(AuthError::BadRequest("PASSWORD-ALGORITHM(S) incomplete")),
+        };
+        // §9.2.4, last paragraph: responses carry MESSAGE-INTEGRITY-SHA256 unless the request had
+        // neither PASSWORD-ALGORITHM nor PASSWORD-ALGORITHMS (then the attribute it used).
+        let kind = if msg.has(attr::PASSWORD_ALGORITHM) {
+            IntegrityKind::Sha256
+        } else {
+            kind
         };
         let name: String = match (uhash, username) {
             (Some(h), _) => {
@@ -321,14 +333,15 @@ mod tests {
     fn nonce_roundtrip_and_expiry() {
         let cfg = EngineConfig::default();
         let a = Auth::new(&cfg, [7; 32]);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         let n = a.make_nonce(ip, 1000);
         assert!(n.starts_with("obMatJos2wAAA"));
         assert!(n.len() < 128);
         assert!(a.nonce_valid(n.as_bytes(), ip, 1000));
         assert!(a.nonce_valid(n.as_bytes(), ip, 1000 + 599));
         assert!(!a.nonce_valid(n.as_bytes(), ip, 1000 + 600));
-        assert!(!a.nonce_valid(n.as_bytes(), "192.0.2.2".parse().unwrap(), 1000));
+        assert!(!a.nonce_valid(n.as_bytes(), "192.0.2.2:5000".parse().unwrap(), 1000));
+        assert!(!a.nonce_valid(n.as_bytes(), "192.0.2.1:5001".parse().unwrap(), 1000));
         let mut bad = n.clone().into_bytes();
         let l = bad.len() - 1;
         bad[l] = if bad[l] == b'0' { b'1' } else { b'0' };

@@ -448,6 +448,12 @@ impl Engine {
                 ClientAction::None
             }
             Class::Indication if msg.method == method::SEND => {
+                // RFC 8489 §6.3.2: an indication with unknown comprehension-required
+                // attributes is discarded.
+                if msg.unknown_required(&mut [0u16; 8]) > 0 {
+                    self.stats.dropped_malformed += 1;
+                    return ClientAction::None;
+                }
                 self.send_indication(now, tuple, &msg)
             }
             // Binding indications are keepalives (RFC 8489 §3); responses are not for us.
@@ -471,11 +477,32 @@ impl Engine {
         let mut unknown = [0u16; 8];
         let n = msg.unknown_required(&mut unknown);
         if n > 0 {
+            // RFC 8489 §6.3: the unknown-attribute check comes after the authentication checks,
+            // so a TURN request is challenged first and its 420 is signed (§9.2.4).
+            let auth = match msg.method {
+                method::ALLOCATE
+                | method::REFRESH
+                | method::CREATE_PERMISSION
+                | method::CHANNEL_BIND
+                | method::CONNECT
+                | method::CONNECTION_BIND => match self.authenticate(now, &req, msg) {
+                    Some(a) => Some(a),
+                    None => return,
+                },
+                _ => None,
+            };
             // RFC 8489 §6.3.1: 420 listing the unknown comprehension-required attributes.
-            self.respond(now, &req, Class::Error, None, false, |w| {
-                w.error_code(420, stun::reason(420))
-                    .unknown_attributes(&unknown[..n]);
-            });
+            self.respond(
+                now,
+                &req,
+                Class::Error,
+                auth.as_ref().map(|a| (&a.key, a.kind)),
+                false,
+                |w| {
+                    w.error_code(420, stun::reason(420))
+                        .unknown_attributes(&unknown[..n]);
+                },
+            );
             return;
         }
         match msg.method {
@@ -569,7 +596,7 @@ impl Engine {
 
     /// 401/438 carry REALM, a fresh NONCE and the PASSWORD-ALGORITHMS we accept (RFC 8489 §9.2.4).
     fn challenge(&mut self, now: Instant, req: &Req, code: u16) {
-        let nonce = self.auth.make_nonce(req.tuple.client.ip(), self.unix(now));
+        let nonce = self.auth.make_nonce(req.tuple.client, self.unix(now));
         let realm = self.auth.realm().to_owned();
         self.respond(now, req, Class::Error, None, false, |w| {
             w.error_code(code, stun::reason(code))
@@ -582,7 +609,7 @@ impl Engine {
     fn authenticate(&mut self, now: Instant, req: &Req, msg: &Message) -> Option<Authenticated> {
         match self
             .auth
-            .authenticate(msg, req.tuple.client.ip(), self.unix(now))
+            .authenticate(msg, req.tuple.client, self.unix(now))
         {
             Ok(a) => Some(a),
             Err(AuthError::Challenge) => {
@@ -677,14 +704,17 @@ impl Engine {
         let token = msg.get(attr::RESERVATION_TOKEN);
         let even = msg.get(attr::EVEN_PORT);
         let family = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
-        // RFC 8656 §7.2 step 5, RFC 6156 §4.2: a token excludes EVEN-PORT and a family.
-        if token.is_some() && (even.is_some() || family.is_some()) {
+        // RFC 8656 §7.2 step 5, RFC 6156 §4.2: a token excludes EVEN-PORT and the
+        // REQUESTED- and ADDITIONAL-ADDRESS-FAMILY attributes.
+        if token.is_some()
+            && (even.is_some() || family.is_some() || msg.has(attr::ADDITIONAL_ADDRESS_FAMILY))
+        {
             return self.error(
                 now,
                 req,
                 Some(&auth),
                 400,
-                "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY",
+                "RESERVATION-TOKEN with EVEN-PORT or an ADDRESS-FAMILY",
                 true,
             );
         }
