@@ -392,7 +392,7 @@ impl Engine {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         }
-        // The permission was checked against the filter, but only by IP: the port matters for
+        // CreatePermission may have been checked without a port (port 0): the port matters for
         // the server's own addresses, so check the full address here.
         if self.cfg.peer_filter.check(peer).is_err() {
             self.stats.peers_denied += 1;
@@ -983,13 +983,19 @@ impl Engine {
         req: &Req,
         v: &[u8],
         relay_v4: bool,
+        permission_only: bool,
     ) -> Result<SocketAddr, (u16, &'static str)> {
         let peer = decode_xor_addr(v, &req.tid).ok_or((400, "bad XOR-PEER-ADDRESS"))?;
         // RFC 8656 §9.1 / §11.1: the peer must be of the relayed address's family.
         if peer.is_ipv4() != relay_v4 {
             return Err((443, "Peer Address Family Mismatch"));
         }
-        if let Err(reason) = self.cfg.peer_filter.check(peer) {
+        let verdict = if permission_only {
+            self.cfg.peer_filter.check_permission(peer)
+        } else {
+            self.cfg.peer_filter.check(peer)
+        };
+        if let Err(reason) = verdict {
             self.stats.peers_denied += 1;
             info!(event = "peer_denied", client = %req.tuple.client, peer = %peer, reason = %reason, "peer address forbidden");
             return Err((403, "Forbidden"));
@@ -1014,7 +1020,7 @@ impl Engine {
             if t != attr::XOR_PEER_ADDRESS {
                 continue;
             }
-            match self.check_peer(req, v, relay_v4) {
+            match self.check_peer(req, v, relay_v4, true) {
                 Ok(p) => {
                     peers[n] = Some(p.ip());
                     n += 1;
@@ -1071,7 +1077,7 @@ impl Engine {
         let relay_v4 = self.allocs[idx as usize]
             .as_ref()
             .is_some_and(|a| a.relay_addr.is_ipv4());
-        let peer = match self.check_peer(req, v, relay_v4) {
+        let peer = match self.check_peer(req, v, relay_v4, false) {
             Ok(p) => p,
             Err((code, why)) => return self.error(now, req, Some(&auth), code, why, true),
         };

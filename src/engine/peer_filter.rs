@@ -444,9 +444,20 @@ impl PeerFilter {
 
     /// `Err(reason)` if the relay must not talk to `peer`.
     pub fn check(&self, peer: SocketAddr) -> Result<(), DenyReason> {
-        let raw = peer.ip();
+        self.check_inner(peer.ip(), Some(peer.port()))
+    }
+
+    /// The check for CreatePermission, where the port carries no meaning (RFC 8656 §9: a
+    /// permission is for an IP address). Port 0, which clients such as webrtc-rs send, means
+    /// "no port": the port-based own-address rules are left to ChannelBind and Send, which see
+    /// the real port. A non-zero port is checked like [`PeerFilter::check`].
+    pub fn check_permission(&self, peer: SocketAddr) -> Result<(), DenyReason> {
+        let port = (peer.port() != 0).then_some(peer.port());
+        self.check_inner(peer.ip(), port)
+    }
+
+    fn check_inner(&self, raw: IpAddr, port: Option<u16>) -> Result<(), DenyReason> {
         let ip = canonical_ip(raw);
-        let port = peer.port();
 
         // 1, 2: operator lists see the address as written and as unwrapped.
         if listed(&self.allowed, raw, ip) {
@@ -457,15 +468,17 @@ impl PeerFilter {
         }
         // 3: never relay into our own TURN ports (loops, amplification), whatever allow_loopback
         // says. A wildcard listener answers on every own IP and on loopback.
-        let wildcard_hit = self.wildcard_ports.contains(&port)
-            && (is_loopback(ip) || ip.is_unspecified() || self.own_ips.contains(&ip));
-        if wildcard_hit || self.listeners.contains(&SocketAddr::new(ip, port)) {
-            return Err(DenyReason::OwnListener);
+        if let Some(port) = port {
+            let wildcard_hit = self.wildcard_ports.contains(&port)
+                && (is_loopback(ip) || ip.is_unspecified() || self.own_ips.contains(&ip));
+            if wildcard_hit || self.listeners.contains(&SocketAddr::new(ip, port)) {
+                return Err(DenyReason::OwnListener);
+            }
         }
         // 4: other services on the server host. The relay range is other allocations on this
         // server, which two users of the same server need to reach each other.
         if self.own_ips.contains(&ip)
-            && !self.in_relay_range(port)
+            && port.is_some_and(|p| !self.in_relay_range(p))
             && !(self.allow_loopback && is_loopback(ip))
         {
             return Err(DenyReason::OwnAddress);
@@ -504,6 +517,34 @@ fn listed(list: &[IpRange], raw: IpAddr, canonical: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn permission_check_ignores_port_zero_only() {
+        let f = super::PeerFilter::new(super::PeerFilterConfig {
+            own_listeners: vec!["198.51.100.7:3478".parse().unwrap()],
+            own_ips: vec!["198.51.100.7".parse().unwrap()],
+            relay_ports: (49152, 65535),
+            ..Default::default()
+        });
+        // webrtc-rs refreshes permissions with port 0: the IP (another allocation's relay
+        // address on this server) must pass; the port rules apply on ChannelBind/Send.
+        assert_eq!(
+            f.check_permission("198.51.100.7:0".parse().unwrap()),
+            Ok(())
+        );
+        assert!(f.check("198.51.100.7:0".parse().unwrap()).is_err());
+        assert_eq!(
+            f.check_permission("198.51.100.7:3478".parse().unwrap()),
+            Err(super::DenyReason::OwnListener)
+        );
+        assert_eq!(
+            f.check_permission("198.51.100.7:22".parse().unwrap()),
+            Err(super::DenyReason::OwnAddress)
+        );
+        // IP-level rules still apply with port 0.
+        assert!(f.check_permission("10.0.0.1:0".parse().unwrap()).is_err());
+        assert!(f.check_permission("127.0.0.1:0".parse().unwrap()).is_err());
+    }
+
     use super::*;
     use DenyReason::*;
 
