@@ -217,6 +217,12 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// UDP listening sockets: every listening IP × the listening port.
     pub listen: Vec<SocketAddr>,
+    /// TCP listening sockets (RFC 8656 §3.1; same addresses as UDP unless disabled).
+    pub tcp_listen: Vec<SocketAddr>,
+    /// TLS listening sockets (`turns:`), when a certificate is configured.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate chain and private key (PEM) for the TLS listeners.
+    pub tls: Option<TlsFiles>,
     /// Everything the engine needs, peer filter included.
     pub engine: EngineConfig,
     /// Relay worker (shard) threads.
@@ -232,6 +238,13 @@ pub struct Config {
     pub no_udp: bool,
     /// Peer rules as text, for [`Config::summary`] (the filter itself is opaque).
     peer_rules: PeerRulesText,
+}
+
+/// PEM files for TLS; re-read when they change on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone)]
@@ -1153,6 +1166,9 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
 
     Ok(Config {
         source: ctx.file.map(Path::to_path_buf),
+        tcp_listen: Vec::new(),
+        tls_listen: Vec::new(),
+        tls: None,
         listen,
         engine,
         relay_threads: relay_threads as usize,
