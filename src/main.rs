@@ -80,6 +80,9 @@ async fn control_loop(cli: &Cli, server: &Server) {
                 Ok(new) => {
                     server.reload(new.engine);
                     info!("configuration reloaded");
+                    if let Err(e) = server.reload_tls() {
+                        warn!(error = %e, "new TLS certificate rejected; keeping the previous one");
+                    }
                 }
                 Err(e) => warn!(error = %e, "reload rejected; keeping the running configuration"),
             },

@@ -2,7 +2,9 @@
 //!
 //! - [`stun`]: messages (control path): parse, attributes, integrity, fingerprint, writer.
 //! - [`channel_data`]: ChannelData (data path), hand-written, no allocation.
+//! - [`framing`]: message boundaries on TCP/TLS streams.
 pub mod channel_data;
+pub mod framing;
 pub mod stun;
 
 use md5::{Digest, Md5};

@@ -1147,6 +1147,14 @@ impl Engine {
         );
     }
 
+    /// The client's TCP or TLS connection is gone: so is the allocation made over it (RFC 8656
+    /// §3.1: the allocation is bound to the 5-tuple, which no longer exists).
+    pub fn on_client_closed(&mut self, now: Instant, tuple: FiveTuple) {
+        if let Some(&idx) = self.by_tuple.get(&tuple) {
+            self.delete_allocation(now, idx, "connection closed");
+        }
+    }
+
     /// Delete every allocation (shutdown): frees ports and quotas, queues Close commands.
     pub fn close_all(&mut self, now: Instant) {
         for idx in 0..self.allocs.len() as u32 {

@@ -5,5 +5,6 @@ pub mod config;
 pub mod server;
 pub mod shard;
 pub mod sockets;
+pub mod tls;
 
 pub use server::{Server, StartError};

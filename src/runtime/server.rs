@@ -1,11 +1,15 @@
 //! Starting and steering a server: listener groups, one shard thread per core, reload, shutdown.
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
 
 use super::config::Config;
-use super::shard::{self, Control, ShardHandle, ShardStats, SocketOptions};
+use super::shard::{self, Control, ListenSocket, ShardHandle, ShardStats, SocketOptions};
 use super::sockets;
+use super::tls::CertStore;
 use crate::engine::shared::Shared;
 use crate::engine::{Engine, EngineConfig};
 
@@ -15,6 +19,7 @@ pub enum StartError {
     AddrInUse(SocketAddr),
     Bind(SocketAddr, std::io::Error),
     Io(std::io::Error),
+    Tls(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -26,6 +31,7 @@ impl std::fmt::Display for StartError {
             ),
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Io(e) => write!(f, "cannot start: {e}"),
+            StartError::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -36,6 +42,35 @@ pub struct Server {
     shards: Vec<ShardHandle>,
     shared: Arc<Shared>,
     local_addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
+    cert_store: Option<Arc<CertStore>>,
+    watcher: Option<CertWatcher>,
+}
+
+/// Polls the certificate files once a second and reloads them when they change.
+struct CertWatcher {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn spawn_cert_watcher(store: Arc<CertStore>) -> CertWatcher {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("ferroturn-cert-watch".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                match store.reload_if_changed() {
+                    Ok(true) => info!(event = "tls_reloaded", cert = %store.paths().0.display(), "TLS certificate reloaded"),
+                    Ok(false) => {}
+                    Err(e) => warn!(event = "tls_reload_failed", error = %e, "new TLS certificate rejected; keeping the previous one"),
+                }
+            }
+        })
+        .expect("spawning a thread");
+    CertWatcher { stop, thread }
 }
 
 fn random_u64() -> u64 {
@@ -64,22 +99,52 @@ impl Server {
             nonce_key,
             random_u64(),
         ));
+        // TLS first: a certificate that does not load is a startup error, not a runtime one.
+        let tls = match &cfg.tls {
+            Some(files) => {
+                let store = CertStore::load(&files.cert, &files.key).map_err(StartError::Tls)?;
+                let server_cfg = store.server_config().map_err(StartError::Tls)?;
+                Some((store, server_cfg))
+            }
+            None => None,
+        };
         // Bind everything before starting any thread, so a bad address fails cleanly.
-        let mut per_shard: Vec<Vec<std::net::UdpSocket>> = (0..n).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<Vec<ListenSocket>> = (0..n).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
+        let mut tcp_addrs = Vec::new();
+        let mut tls_addrs = Vec::new();
+        let bind_err = |addr: SocketAddr| {
+            move |e: std::io::Error| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    StartError::AddrInUse(addr)
+                } else {
+                    StartError::Bind(addr, e)
+                }
+            }
+        };
         for &addr in &cfg.listen {
             let group =
                 sockets::bind_listener_group(addr, n, cfg.udp_recv_buffer, cfg.udp_send_buffer)
-                    .map_err(|e| {
-                        if e.kind() == std::io::ErrorKind::AddrInUse {
-                            StartError::AddrInUse(addr)
-                        } else {
-                            StartError::Bind(addr, e)
-                        }
-                    })?;
+                    .map_err(bind_err(addr))?;
             local_addrs.push(group[0].local_addr().map_err(StartError::Io)?);
             for (i, s) in group.into_iter().enumerate() {
-                per_shard[i].push(s);
+                per_shard[i].push(ListenSocket::Udp(s));
+            }
+        }
+        for &addr in &cfg.tcp_listen {
+            let group = sockets::bind_tcp_listener_group(addr, n).map_err(bind_err(addr))?;
+            tcp_addrs.push(group[0].local_addr().map_err(StartError::Io)?);
+            for (i, s) in group.into_iter().enumerate() {
+                per_shard[i].push(ListenSocket::Tcp(s));
+            }
+        }
+        if let Some((_, server_cfg)) = &tls {
+            for &addr in &cfg.tls_listen {
+                let group = sockets::bind_tcp_listener_group(addr, n).map_err(bind_err(addr))?;
+                tls_addrs.push(group[0].local_addr().map_err(StartError::Io)?);
+                for (i, s) in group.into_iter().enumerate() {
+                    per_shard[i].push(ListenSocket::Tls(s, server_cfg.clone()));
+                }
             }
         }
         let opts = SocketOptions {
@@ -102,16 +167,38 @@ impl Server {
             );
             shards.push(shard::spawn(i, engine, listeners, opts).map_err(StartError::Io)?);
         }
+        let cert_store = tls.map(|(store, _)| store);
+        let watcher = cert_store.clone().map(spawn_cert_watcher);
         Ok(Server {
             shards,
             shared,
             local_addrs,
+            tcp_addrs,
+            tls_addrs,
+            cert_store,
+            watcher,
         })
     }
 
-    /// The addresses actually bound (resolves port 0).
+    /// The UDP addresses actually bound (resolves port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
+    }
+
+    /// Re-read the TLS certificate and key now (SIGHUP). Live connections keep theirs.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.cert_store {
+            Some(s) => s.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Swap the engine configuration in every shard (users, secrets, peer ACLs, quotas...).
@@ -136,6 +223,10 @@ impl Server {
 
     /// Stop every shard (allocations are closed) and wait for the threads.
     pub fn shutdown(self) {
+        if let Some(w) = self.watcher {
+            w.stop.store(true, Ordering::Relaxed);
+            let _ = w.thread.join();
+        }
         for s in &self.shards {
             s.send(Control::Shutdown);
         }

@@ -1,17 +1,20 @@
 //! THE RELAY LOOP. One shard = one thread = one epoll instance (mio) owning: its SO_REUSEPORT
-//! listener sockets, the relay sockets of the allocations it created, and its own [`Engine`].
-//! The kernel's reuseport hash keeps each client 5-tuple on one shard, so nothing here takes a
-//! lock or touches another thread's memory per packet. Counters are copied out once a second.
-use std::io;
+//! listener sockets (UDP, TCP, TLS), the client connections the kernel gave it, the relay
+//! sockets of the allocations it created, and its own [`Engine`]. The kernel's reuseport hash
+//! keeps each client 5-tuple on one shard, so nothing here takes a lock or touches another
+//! thread's memory per packet. Counters are copied out once a second.
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::net::UdpSocket;
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, warn};
 
+use crate::codec::framing::{self, MAX_FRAME};
 use crate::engine::{
     ClientAction, Engine, EngineConfig, FiveTuple, RelayCommand, Stats, Transport, PEER_HEADROOM,
     PEER_TAILROOM,
@@ -19,13 +22,19 @@ use crate::engine::{
 
 const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
+const CONN_BASE: usize = 1 << 22;
 const RELAY_BASE: usize = 1 << 24;
 /// Largest UDP payload (IPv4: 65535 - 20 - 8).
 const MAX_DATAGRAM: usize = 65_507;
 /// How often counters are published to the control thread.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
-/// Datagrams read from one socket before looking at the others (fairness under load).
+/// Datagrams (or stream reads) taken from one socket before looking at the others.
 const READ_BUDGET: usize = 256;
+/// Unframed bytes kept per stream connection: two maximal messages.
+const MAX_STREAM_RBUF: usize = 2 * MAX_FRAME;
+/// Bytes queued for a stream client that does not read. Past this, relayed data for it is
+/// dropped (as UDP would drop it) rather than buffered without bound.
+const MAX_STREAM_WBUF: usize = 256 * 1024;
 
 /// Messages from the control thread.
 pub enum Control {
@@ -38,8 +47,10 @@ pub enum Control {
 pub struct ShardStats {
     pub engine: Stats,
     pub allocations: usize,
+    pub connections: usize,
     pub send_errors: u64,
     pub recv_errors: u64,
+    pub stream_drops: u64,
 }
 
 pub struct ShardHandle {
@@ -64,15 +75,43 @@ pub struct SocketOptions {
     pub send_buffer: usize,
 }
 
+/// A listening socket handed to a shard.
+pub enum ListenSocket {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpListener),
+    Tls(std::net::TcpListener, Arc<rustls::ServerConfig>),
+}
+
+enum Listener {
+    Udp(UdpSocket, SocketAddr),
+    Stream(TcpListener, SocketAddr, Option<Arc<rustls::ServerConfig>>),
+}
+
+/// A TCP or TLS client connection: framing state and bounded buffers.
+struct Conn {
+    sock: TcpStream,
+    tuple: FiveTuple,
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// Received plaintext not yet framed into messages.
+    rbuf: Vec<u8>,
+    /// Plain TCP: bytes accepted for sending but not yet written.
+    wbuf: Vec<u8>,
+    writable_interest: bool,
+}
+
 struct Shard {
     engine: Engine,
     poll: Poll,
-    listeners: Vec<(UdpSocket, SocketAddr)>,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Conn>>,
+    free_conns: Vec<usize>,
+    conn_by_tuple: HashMap<FiveTuple, usize>,
     relays: Vec<Option<UdpSocket>>,
     ctl: mpsc::Receiver<Control>,
     stats: Arc<Mutex<ShardStats>>,
     send_errors: u64,
     recv_errors: u64,
+    stream_drops: u64,
     opts: SocketOptions,
     /// One receive buffer, reused for every datagram: headroom for the TURN header in front.
     buf: Vec<u8>,
@@ -83,19 +122,27 @@ struct Shard {
 pub fn spawn(
     index: usize,
     engine: Engine,
-    listeners: Vec<std::net::UdpSocket>,
+    listeners: Vec<ListenSocket>,
     opts: SocketOptions,
 ) -> io::Result<ShardHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let mut ls = Vec::new();
     for (i, s) in listeners.into_iter().enumerate() {
-        s.set_nonblocking(true)?;
-        let addr = s.local_addr()?;
-        let mut s = UdpSocket::from_std(s);
-        poll.registry()
-            .register(&mut s, Token(LISTENER_BASE + i), Interest::READABLE)?;
-        ls.push((s, addr));
+        let token = Token(LISTENER_BASE + i);
+        let l = match s {
+            ListenSocket::Udp(s) => {
+                s.set_nonblocking(true)?;
+                let addr = s.local_addr()?;
+                let mut s = UdpSocket::from_std(s);
+                poll.registry()
+                    .register(&mut s, token, Interest::READABLE)?;
+                Listener::Udp(s, addr)
+            }
+            ListenSocket::Tcp(s) => stream_listener(&poll, token, s, None)?,
+            ListenSocket::Tls(s, cfg) => stream_listener(&poll, token, s, Some(cfg))?,
+        };
+        ls.push(l);
     }
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(Mutex::new(ShardStats::default()));
@@ -103,11 +150,15 @@ pub fn spawn(
         engine,
         poll,
         listeners: ls,
+        conns: Vec::new(),
+        free_conns: Vec::new(),
+        conn_by_tuple: HashMap::new(),
         relays: Vec::new(),
         ctl: rx,
         stats: stats.clone(),
         send_errors: 0,
         recv_errors: 0,
+        stream_drops: 0,
         opts,
         buf: vec![0u8; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
         shutdown: false,
@@ -121,6 +172,20 @@ pub fn spawn(
         stats,
         thread,
     })
+}
+
+fn stream_listener(
+    poll: &Poll,
+    token: Token,
+    s: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<Listener> {
+    s.set_nonblocking(true)?;
+    let addr = s.local_addr()?;
+    let mut s = TcpListener::from_std(s);
+    poll.registry()
+        .register(&mut s, token, Interest::READABLE)?;
+    Ok(Listener::Stream(s, addr, tls))
 }
 
 impl Shard {
@@ -145,6 +210,15 @@ impl Shard {
                 match ev.token() {
                     WAKER => self.drain_control(),
                     Token(t) if t >= RELAY_BASE => self.read_relay((t - RELAY_BASE) as u32, now),
+                    Token(t) if t >= CONN_BASE => {
+                        let ci = t - CONN_BASE;
+                        if ev.is_writable() {
+                            self.write_conn(ci, now);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_conn(ci, now);
+                        }
+                    }
                     Token(t) => self.read_listener(t - LISTENER_BASE, now),
                 }
             }
@@ -176,15 +250,25 @@ impl Shard {
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.engine = self.engine.stats.clone();
         s.allocations = self.engine.allocation_count();
+        s.connections = self.conn_by_tuple.len();
         s.send_errors = self.send_errors;
         s.recv_errors = self.recv_errors;
+        s.stream_drops = self.stream_drops;
+    }
+
+    fn read_listener(&mut self, li: usize, now: Instant) {
+        match self.listeners.get(li) {
+            Some(Listener::Udp(..)) => self.read_udp_listener(li, now),
+            Some(Listener::Stream(..)) => self.accept(li),
+            None => {}
+        }
     }
 
     /// Client datagrams: ChannelData and Send indications go straight out of the relay socket;
     /// control messages are answered after the engine has seen them.
-    fn read_listener(&mut self, li: usize, now: Instant) {
+    fn read_udp_listener(&mut self, li: usize, now: Instant) {
         for _ in 0..READ_BUDGET {
-            let Some((sock, server)) = self.listeners.get(li) else {
+            let Some(Listener::Udp(sock, server)) = self.listeners.get(li) else {
                 return;
             };
             let (n, client) = match sock.recv_from(&mut self.buf) {
@@ -217,17 +301,249 @@ impl Shard {
             }
         }
         // Budget spent with data possibly left: edge-triggered readiness will not fire again
-        // for it, so ask to be woken at once.
-        self.reregister_listener(li);
-    }
-
-    fn reregister_listener(&mut self, li: usize) {
-        if let Some((s, _)) = self.listeners.get_mut(li) {
+        // for it, so re-arm to be woken at once.
+        if let Some(Listener::Udp(s, _)) = self.listeners.get_mut(li) {
             let _ =
                 self.poll
                     .registry()
                     .reregister(s, Token(LISTENER_BASE + li), Interest::READABLE);
         }
+    }
+
+    fn accept(&mut self, li: usize) {
+        for _ in 0..READ_BUDGET {
+            let Some(Listener::Stream(l, server, tls)) = self.listeners.get(li) else {
+                return;
+            };
+            let (mut sock, client) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next readiness.
+                    self.recv_errors += 1;
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            let server = *server;
+            let tls = match tls {
+                Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+                    Ok(mut c) => {
+                        c.set_buffer_limit(Some(MAX_STREAM_WBUF));
+                        Some(Box::new(c))
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "TLS session setup failed");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let _ = sock.set_nodelay(true);
+            let ci = match self.free_conns.pop() {
+                Some(i) => i,
+                None => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+            };
+            if self
+                .poll
+                .registry()
+                .register(&mut sock, Token(CONN_BASE + ci), Interest::READABLE)
+                .is_err()
+            {
+                self.free_conns.push(ci);
+                continue;
+            }
+            let tuple = FiveTuple {
+                client,
+                server,
+                transport: if tls.is_some() {
+                    Transport::Tls
+                } else {
+                    Transport::Tcp
+                },
+            };
+            self.conn_by_tuple.insert(tuple, ci);
+            self.conns[ci] = Some(Conn {
+                sock,
+                tuple,
+                tls,
+                rbuf: Vec::new(),
+                wbuf: Vec::new(),
+                writable_interest: false,
+            });
+        }
+        if let Some(Listener::Stream(l, _, _)) = self.listeners.get_mut(li) {
+            let _ =
+                self.poll
+                    .registry()
+                    .reregister(l, Token(LISTENER_BASE + li), Interest::READABLE);
+        }
+    }
+
+    /// Read what a stream client sent, frame it into messages (RFC 8656 §12.5) and hand each
+    /// to the engine. A stream that is not TURN, or that overflows its buffer, is closed.
+    fn read_conn(&mut self, ci: usize, now: Instant) {
+        let mut close = false;
+        for _ in 0..READ_BUDGET {
+            let Some(Some(c)) = self.conns.get_mut(ci) else {
+                return;
+            };
+            // 1. Bytes in.
+            let mut got = 0;
+            let mut would_block = false;
+            match &mut c.tls {
+                None => match c.sock.read(&mut self.buf[..MAX_FRAME]) {
+                    Ok(0) => close = true,
+                    Ok(n) => {
+                        c.rbuf.extend_from_slice(&self.buf[..n]);
+                        got = n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => close = true,
+                },
+                Some(tls) => match tls.read_tls(&mut c.sock) {
+                    Ok(0) => close = true,
+                    Ok(_) => {
+                        if let Err(e) = tls.process_new_packets() {
+                            debug!(client = %c.tuple.client, error = %e, "TLS error");
+                            // Let the alert out before closing.
+                            let _ = tls.write_tls(&mut c.sock);
+                            close = true;
+                        }
+                        loop {
+                            match tls.reader().read(&mut self.buf[..MAX_FRAME]) {
+                                Ok(0) => {
+                                    close = true;
+                                    break;
+                                }
+                                Ok(n) => {
+                                    c.rbuf.extend_from_slice(&self.buf[..n]);
+                                    got += n;
+                                }
+                                Err(_) => break, // WouldBlock: no more plaintext now
+                            }
+                        }
+                        // Handshake messages and tickets must go out.
+                        if tls.wants_write() {
+                            let _ = tls.write_tls(&mut c.sock);
+                            if tls.wants_write() && !c.writable_interest {
+                                c.writable_interest = true;
+                                let _ = self.poll.registry().reregister(
+                                    &mut c.sock,
+                                    Token(CONN_BASE + ci),
+                                    Interest::READABLE | Interest::WRITABLE,
+                                );
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => close = true,
+                },
+            }
+            if c.rbuf.len() > MAX_STREAM_RBUF {
+                close = true;
+            }
+            // 2. Messages out of the bytes.
+            if got > 0 && !close {
+                let tuple = c.tuple;
+                let mut off = 0;
+                loop {
+                    match framing::frame_len(&c.rbuf[off..]) {
+                        Ok(Some(n)) => {
+                            let frame = &c.rbuf[off..off + n];
+                            if let ClientAction::ToPeer {
+                                relay,
+                                peer,
+                                payload,
+                            } = self.engine.handle_client(now, tuple, frame)
+                            {
+                                if let Some(Some(rs)) = self.relays.get(relay as usize) {
+                                    if rs.send_to(payload, peer).is_err() {
+                                        self.send_errors += 1;
+                                    }
+                                }
+                            }
+                            off += n;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(client = %tuple.client, ?e, "stream is not TURN; closing");
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+                c.rbuf.drain(..off);
+                self.flush(now);
+            }
+            if close || would_block {
+                break;
+            }
+        }
+        if close {
+            self.close_conn(ci, now);
+        } else if let Some(Some(c)) = self.conns.get_mut(ci) {
+            // Re-arm in case the read budget ran out with data left.
+            let interest = if c.writable_interest {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut c.sock, Token(CONN_BASE + ci), interest);
+        }
+    }
+
+    /// Socket writable again: push out what is queued.
+    fn write_conn(&mut self, ci: usize, now: Instant) {
+        let Some(Some(c)) = self.conns.get_mut(ci) else {
+            return;
+        };
+        let failed = flush_conn(c).is_err();
+        if failed {
+            self.close_conn(ci, now);
+            return;
+        }
+        let pending = match &c.tls {
+            Some(t) => t.wants_write(),
+            None => !c.wbuf.is_empty(),
+        };
+        if !pending && c.writable_interest {
+            c.writable_interest = false;
+            let _ = self.poll.registry().reregister(
+                &mut c.sock,
+                Token(CONN_BASE + ci),
+                Interest::READABLE,
+            );
+        }
+    }
+
+    /// Queue one message for a stream client; drops it (counted) if the client is not reading.
+    fn send_stream(&mut self, ci: usize, data: &[u8]) {
+        if let Some(Some(c)) = self.conns.get_mut(ci) {
+            if !queue_stream(c, self.poll.registry(), ci, data) {
+                self.stream_drops += 1;
+            }
+        }
+    }
+
+    fn close_conn(&mut self, ci: usize, now: Instant) {
+        let Some(mut c) = self.conns.get_mut(ci).and_then(Option::take) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        self.conn_by_tuple.remove(&c.tuple);
+        self.free_conns.push(ci);
+        // RFC 8656 §3.1 / §7: an allocation made over a TCP or TLS connection ends with it.
+        self.engine.on_client_closed(now, c.tuple);
+        self.flush(now);
     }
 
     /// Peer datagrams: received behind PEER_HEADROOM so the engine can frame them in place.
@@ -250,9 +566,21 @@ impl Shard {
                 self.engine
                     .handle_peer(now, relay, peer, &mut self.buf, PEER_HEADROOM, n)
             {
-                if let Some((ls, _)) = self.listeners.iter().find(|(_, a)| *a == tuple.server) {
-                    if ls.send_to(&self.buf[range], tuple.client).is_err() {
-                        self.send_errors += 1;
+                if tuple.transport == Transport::Udp {
+                    if let Some(Listener::Udp(ls, _)) = self
+                        .listeners
+                        .iter()
+                        .find(|l| matches!(l, Listener::Udp(_, a) if *a == tuple.server))
+                    {
+                        if ls.send_to(&self.buf[range], tuple.client).is_err() {
+                            self.send_errors += 1;
+                        }
+                    }
+                } else if let Some(&ci) = self.conn_by_tuple.get(&tuple) {
+                    if let Some(Some(c)) = self.conns.get_mut(ci) {
+                        if !queue_stream(c, self.poll.registry(), ci, &self.buf[range]) {
+                            self.stream_drops += 1;
+                        }
                     }
                 }
             }
@@ -292,10 +620,18 @@ impl Shard {
             }
             while let Some(t) = self.engine.poll_transmit() {
                 did = true;
-                if let Some((ls, _)) = self.listeners.iter().find(|(_, a)| *a == t.tuple.server) {
-                    if ls.send_to(&t.data, t.tuple.client).is_err() {
-                        self.send_errors += 1;
+                if t.tuple.transport == Transport::Udp {
+                    if let Some(Listener::Udp(ls, _)) = self
+                        .listeners
+                        .iter()
+                        .find(|l| matches!(l, Listener::Udp(_, a) if *a == t.tuple.server))
+                    {
+                        if ls.send_to(&t.data, t.tuple.client).is_err() {
+                            self.send_errors += 1;
+                        }
                     }
+                } else if let Some(&ci) = self.conn_by_tuple.get(&t.tuple) {
+                    self.send_stream(ci, &t.data);
                 }
             }
             if !did {
@@ -329,4 +665,71 @@ impl Shard {
         self.relays[i] = Some(s);
         Ok(local)
     }
+}
+
+/// Queue one whole message on a stream connection and write what the socket takes now; asks for
+/// writability when bytes remain. `false`: the client is not reading and the message was
+/// dropped (a partial message would break the framing, so it is all or nothing).
+fn queue_stream(c: &mut Conn, registry: &mio::Registry, ci: usize, data: &[u8]) -> bool {
+    let accepted = match &mut c.tls {
+        // rustls holds plaintext up to its buffer limit (set at accept).
+        Some(tls) => matches!(tls.writer().write(data), Ok(n) if n == data.len()),
+        None => {
+            if c.wbuf.len() + data.len() > MAX_STREAM_WBUF {
+                false
+            } else {
+                c.wbuf.extend_from_slice(data);
+                true
+            }
+        }
+    };
+    if !accepted {
+        return false;
+    }
+    // A write error closes the connection on its next read event, which reports it too.
+    if flush_conn(c).is_ok() {
+        let pending = match &c.tls {
+            Some(t) => t.wants_write(),
+            None => !c.wbuf.is_empty(),
+        };
+        if pending && !c.writable_interest {
+            c.writable_interest = true;
+            let _ = registry.reregister(
+                &mut c.sock,
+                Token(CONN_BASE + ci),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+        }
+    }
+    true
+}
+
+/// Write queued bytes until the socket would block. Err: the connection is broken.
+fn flush_conn(c: &mut Conn) -> io::Result<()> {
+    match &mut c.tls {
+        Some(tls) => {
+            while tls.wants_write() {
+                match tls.write_tls(&mut c.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        None => {
+            while !c.wbuf.is_empty() {
+                match c.sock.write(&c.wbuf) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        c.wbuf.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
 }

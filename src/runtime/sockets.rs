@@ -1,6 +1,6 @@
 //! Socket creation: SO_REUSEPORT listener groups (one socket per shard) and relay sockets.
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -49,6 +49,35 @@ pub fn bind_listener_group(
         s.bind(&addr.into())?;
         if addr.port() == 0 {
             // Ephemeral port (tests): the rest of the group joins the port the first one got.
+            addr = s
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("not an inet socket"))?;
+        }
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
+/// Bind `n` TCP listeners to `addr` in one SO_REUSEPORT group: the kernel spreads incoming
+/// connections over the shards. As for UDP, a plain bind first detects another server.
+pub fn bind_tcp_listener_group(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
+    let mut addr = addr;
+    if addr.port() != 0 {
+        drop(TcpListener::bind(addr)?);
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        if addr.port() == 0 {
             addr = s
                 .local_addr()?
                 .as_socket()

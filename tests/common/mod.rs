@@ -73,6 +73,8 @@ pub struct ServerOpts {
     /// so its validation (e.g. minimum lifetimes) does not apply. Leave the peer filter and the
     /// port range alone: they are derived from the listening address and this struct.
     pub tweak: Box<dyn Fn(&mut EngineConfig)>,
+    /// Last word on the runtime config (extra listeners, TLS files).
+    pub runtime: Box<dyn Fn(&mut config::Config)>,
 }
 
 impl ServerOpts {
@@ -85,6 +87,7 @@ impl ServerOpts {
             min_port: min,
             max_port: min + 99,
             tweak: Box::new(|_| {}),
+            runtime: Box::new(|_| {}),
         }
     }
 
@@ -104,6 +107,11 @@ impl ServerOpts {
         self.tweak = Box::new(f);
         self
     }
+
+    pub fn runtime(mut self, f: impl Fn(&mut config::Config) + 'static) -> Self {
+        self.runtime = Box::new(f);
+        self
+    }
 }
 
 /// A running in-process server; shut down (threads joined) on drop.
@@ -115,7 +123,7 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    fn server(&self) -> &Server {
+    pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server running")
     }
 
@@ -197,6 +205,7 @@ pub fn start_server(opts: ServerOpts) -> TestServer {
         };
         let mut cfg = config::load(&cli).unwrap_or_else(|e| panic!("test config: {e}"));
         (opts.tweak)(&mut cfg.engine);
+        (opts.runtime)(&mut cfg);
         match Server::start(&cfg) {
             Ok(server) => {
                 assert_eq!(server.local_addrs(), &[listen]);

@@ -1,0 +1,463 @@
+//! TURN over TCP and TLS (RFC 8656 §3.1, §12.5): framing, the whole allocate → permission →
+//! channel → relay cycle over a stream, allocations ending with their connection, garbage
+//! streams closed without harm to others, and TLS certificate hot reload.
+//!
+//! The client here is a small blocking one built on ferroturn's codec; the independent clients
+//! (coturn's turnutils_uclient -t / -t -S) run in tests/interop/coturn-clients.sh.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{start_server, ServerOpts, PASS, REALM, USER};
+use ferroturn::codec::framing::frame_len;
+use ferroturn::codec::stun::{
+    attr, decode_error_code, decode_xor_addr, method, Class, IntegrityKind, Message, Writer,
+};
+use ferroturn::codec::{channel_data, long_term_key_md5};
+use ferroturn::runtime::config::TlsFiles;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A UDP echo peer on loopback, in a thread that stops when the socket is dropped... or after
+/// a bounded number of datagrams.
+fn echo_peer() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let addr = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        for _ in 0..10_000 {
+            match s.recv_from(&mut b) {
+                Ok((n, from)) => {
+                    let _ = s.send_to(&b[..n], from);
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    addr
+}
+
+/// A TURN client over any byte stream.
+struct StreamClient<S: Read + Write> {
+    s: S,
+    rbuf: Vec<u8>,
+    realm: Vec<u8>,
+    nonce: Vec<u8>,
+    key: [u8; 16],
+    tid: u8,
+}
+
+impl<S: Read + Write> StreamClient<S> {
+    fn new(s: S) -> Self {
+        StreamClient {
+            s,
+            rbuf: Vec::new(),
+            realm: Vec::new(),
+            nonce: Vec::new(),
+            key: long_term_key_md5(USER, REALM, PASS),
+            tid: 0,
+        }
+    }
+
+    fn frame(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(n) = frame_len(&self.rbuf).expect("server sends TURN framing") {
+                return self.rbuf.drain(..n).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no complete message within {IO_TIMEOUT:?}"
+            );
+            let mut b = [0u8; 4096];
+            let n = self.s.read(&mut b).expect("read from server");
+            assert!(n > 0, "server closed the connection");
+            self.rbuf.extend_from_slice(&b[..n]);
+        }
+    }
+
+    fn next_tid(&mut self) -> [u8; 12] {
+        self.tid += 1;
+        [self.tid; 12]
+    }
+
+    /// One request with the long-term credential dance (401 → realm/nonce → signed retry).
+    fn request(&mut self, m: u16, body: impl Fn(&mut Writer)) -> Vec<u8> {
+        for _ in 0..3 {
+            let tid = self.next_tid();
+            let mut buf = Vec::new();
+            let mut w = Writer::new(&mut buf, m, Class::Request, &tid);
+            body(&mut w);
+            if !self.nonce.is_empty() {
+                w.attr(attr::USERNAME, USER.as_bytes())
+                    .attr(attr::REALM, &self.realm)
+                    .attr(attr::NONCE, &self.nonce)
+                    .integrity(IntegrityKind::Sha1, &self.key);
+            }
+            self.s.write_all(&buf).unwrap();
+            let resp = self.frame();
+            let msg = Message::parse(&resp).expect("a STUN response");
+            assert_eq!(msg.transaction_id(), tid);
+            if msg.class == Class::Error {
+                let (code, _) = decode_error_code(msg.get(attr::ERROR_CODE).unwrap()).unwrap();
+                if code == 401 || code == 438 {
+                    self.realm = msg.get(attr::REALM).unwrap().to_vec();
+                    self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
+                    continue;
+                }
+            }
+            return resp;
+        }
+        panic!("authentication did not converge");
+    }
+
+    fn expect_success(&mut self, m: u16, body: impl Fn(&mut Writer)) -> Vec<u8> {
+        let resp = self.request(m, body);
+        let msg = Message::parse(&resp).unwrap();
+        if msg.class != Class::Success {
+            let e = decode_error_code(msg.get(attr::ERROR_CODE).unwrap()).unwrap();
+            panic!("method {m:#x} failed: {} {}", e.0, e.1);
+        }
+        assert!(
+            msg.verify_integrity(&self.key),
+            "response signed with the user's key"
+        );
+        resp
+    }
+
+    fn allocate(&mut self) -> SocketAddr {
+        let resp = self.expect_success(method::ALLOCATE, |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        let m = Message::parse(&resp).unwrap();
+        decode_xor_addr(
+            m.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+            &m.transaction_id(),
+        )
+        .unwrap()
+    }
+
+    fn channel_bind(&mut self, number: u16, peer: SocketAddr) {
+        self.expect_success(method::CHANNEL_BIND, |w| {
+            w.attr(
+                attr::CHANNEL_NUMBER,
+                &[(number >> 8) as u8, number as u8, 0, 0],
+            )
+            .xor_addr(attr::XOR_PEER_ADDRESS, peer);
+        });
+    }
+
+    fn create_permission(&mut self, peer: SocketAddr) {
+        self.expect_success(method::CREATE_PERMISSION, |w| {
+            w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+        });
+    }
+
+    /// ChannelData over a stream: padded to a multiple of 4 (RFC 8656 §12.5).
+    fn send_channel_data(&mut self, number: u16, payload: &[u8]) {
+        let mut b = vec![0u8; 4 + payload.len()];
+        b[4..].copy_from_slice(payload);
+        b.extend_from_slice(&[0; 3]);
+        let r = channel_data::frame_in_place(&mut b, 4, payload.len(), number, true);
+        self.s.write_all(&b[r]).unwrap();
+    }
+
+    fn recv_channel_data(&mut self) -> (u16, Vec<u8>) {
+        let f = self.frame();
+        assert_eq!(f.len() % 4, 0, "ChannelData padded on streams");
+        let (ch, p) = channel_data::parse(&f, channel_data::MAX_CHANNEL).expect("ChannelData");
+        (ch, p.to_vec())
+    }
+
+    fn send_indication(&mut self, peer: SocketAddr, payload: &[u8]) {
+        let tid = self.next_tid();
+        let mut buf = Vec::new();
+        Writer::new(&mut buf, method::SEND, Class::Indication, &tid)
+            .xor_addr(attr::XOR_PEER_ADDRESS, peer)
+            .attr(attr::DATA, payload);
+        self.s.write_all(&buf).unwrap();
+    }
+
+    fn recv_data_indication(&mut self) -> (SocketAddr, Vec<u8>) {
+        let f = self.frame();
+        let m = Message::parse(&f).expect("a Data indication");
+        assert_eq!((m.method, m.class), (method::DATA, Class::Indication));
+        let peer = decode_xor_addr(m.get(attr::XOR_PEER_ADDRESS).unwrap(), &m.transaction_id());
+        (peer.unwrap(), m.get(attr::DATA).unwrap().to_vec())
+    }
+
+    fn binding(&mut self) -> SocketAddr {
+        let tid = self.next_tid();
+        let mut buf = Vec::new();
+        Writer::new(&mut buf, method::BINDING, Class::Request, &tid);
+        self.s.write_all(&buf).unwrap();
+        let f = self.frame();
+        let m = Message::parse(&f).unwrap();
+        decode_xor_addr(m.get(attr::XOR_MAPPED_ADDRESS).unwrap(), &tid).unwrap()
+    }
+}
+
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// The full relay cycle over one stream, through both data paths.
+fn relay_cycle<S: Read + Write>(c: &mut StreamClient<S>, peer: SocketAddr) {
+    let relayed = c.allocate();
+    assert_eq!(relayed.ip(), common::LOOPBACK);
+    // Send/Data indications (no channel yet).
+    c.create_permission(peer);
+    for i in 0..20u8 {
+        let p = vec![i; 1 + i as usize * 37];
+        c.send_indication(peer, &p);
+        let (from, back) = c.recv_data_indication();
+        assert_eq!(from, peer);
+        assert_eq!(back, p);
+    }
+    // ChannelData, sizes that exercise every padding length.
+    c.channel_bind(0x4001, peer);
+    for i in 0..40usize {
+        let p: Vec<u8> = (0..(1 + i * 31)).map(|x| (x + i) as u8).collect();
+        c.send_channel_data(0x4001, &p);
+        let (ch, back) = c.recv_channel_data();
+        assert_eq!(ch, 0x4001);
+        assert_eq!(back, p);
+    }
+}
+
+fn tcp_server(block: u16) -> common::TestServer {
+    start_server(ServerOpts::block(block).runtime(|c| {
+        c.tcp_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    }))
+}
+
+#[test]
+fn tcp_allocate_permission_channel_relay() {
+    let srv = tcp_server(30);
+    let peer = echo_peer();
+    let addr = srv.server().tcp_addrs()[0];
+    let mut c = StreamClient::new(tcp(addr));
+    let mapped = c.binding();
+    assert_eq!(mapped.ip(), common::LOOPBACK);
+    relay_cycle(&mut c, peer);
+    assert_eq!(srv.allocation_count(), 1);
+    // RFC 8656 §3.1: the allocation ends with its connection.
+    drop(c);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while srv.allocation_count() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        srv.allocation_count(),
+        0,
+        "closing the connection deletes the allocation"
+    );
+}
+
+#[test]
+fn tcp_messages_split_and_coalesced() {
+    let srv = tcp_server(31);
+    let addr = srv.server().tcp_addrs()[0];
+    let mut s = tcp(addr);
+    // Three Binding requests in one write, then one split byte by byte.
+    let mut all = Vec::new();
+    for t in 1..=3u8 {
+        Writer::new(&mut all, method::BINDING, Class::Request, &[t; 12]);
+    }
+    s.write_all(&all).unwrap();
+    let mut one = Vec::new();
+    Writer::new(&mut one, method::BINDING, Class::Request, &[9; 12]);
+    for b in &one {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut c = StreamClient::new(s);
+    for want in [1u8, 2, 3, 9] {
+        let f = c.frame();
+        let m = Message::parse(&f).unwrap();
+        assert_eq!(m.transaction_id(), [want; 12]);
+        assert_eq!(m.class, Class::Success);
+    }
+}
+
+#[test]
+fn tcp_garbage_closes_only_that_connection() {
+    let srv = tcp_server(32);
+    let peer = echo_peer();
+    let addr = srv.server().tcp_addrs()[0];
+    let mut good = StreamClient::new(tcp(addr));
+    good.allocate();
+    good.channel_bind(0x4002, peer);
+    let mut bad = tcp(addr);
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut b = [0u8; 16];
+    // The server closes the garbage stream (read returns 0 or a reset).
+    let r = bad.read(&mut b);
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "garbage stream closed, got {r:?}"
+    );
+    // An oversized ChannelData length also ends that stream only.
+    let mut bad2 = tcp(addr);
+    bad2.write_all(&[0x40, 0x00, 0xff, 0xff]).unwrap();
+    bad2.write_all(&[0u8; 1000]).unwrap();
+    drop(bad2);
+    good.send_channel_data(0x4002, b"still here");
+    assert_eq!(good.recv_channel_data().1, b"still here");
+    assert_eq!(srv.allocation_count(), 1);
+}
+
+// ------------------------------------------------------------------------------------- TLS
+
+struct TestCert {
+    cert_pem: String,
+    key_pem: String,
+    der: Vec<u8>,
+}
+
+fn make_cert() -> TestCert {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    TestCert {
+        cert_pem: c.cert.pem(),
+        key_pem: c.key_pair.serialize_pem(),
+        der: c.cert.der().to_vec(),
+    }
+}
+
+/// Write a pair the way an operator's renewal tool does: to temporary names, then rename.
+fn install(dir: &Path, c: &TestCert) {
+    std::fs::write(dir.join("cert.pem.tmp"), &c.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem.tmp"), &c.key_pem).unwrap();
+    std::fs::rename(dir.join("key.pem.tmp"), dir.join("key.pem")).unwrap();
+    std::fs::rename(dir.join("cert.pem.tmp"), dir.join("cert.pem")).unwrap();
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferroturn-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS client trusting `trusted` (and offering ALPN "stun.turn", RFC 7443).
+fn tls_connect(addr: SocketAddr, trusted: &[&TestCert]) -> Result<Tls, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in trusted {
+        roots.add(c.der.clone().into()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp(addr));
+    while s.conn.is_handshaking() {
+        if let Err(e) = s.conn.complete_io(&mut s.sock) {
+            return Err(match e.into_inner() {
+                Some(inner) => match inner.downcast::<rustls::Error>() {
+                    Ok(r) => *r,
+                    Err(other) => rustls::Error::General(other.to_string()),
+                },
+                None => rustls::Error::General("handshake I/O".into()),
+            });
+        }
+    }
+    Ok(s)
+}
+
+fn peer_cert(s: &Tls) -> Vec<u8> {
+    s.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn tls_server(block: u16, dir: &Path) -> common::TestServer {
+    let files = TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    start_server(ServerOpts::block(block).runtime(move |c| {
+        c.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.tls = Some(files.clone());
+    }))
+}
+
+#[test]
+fn tls_allocate_permission_channel_relay() {
+    let dir = temp_dir("tls-relay");
+    let cert = make_cert();
+    install(&dir, &cert);
+    let srv = tls_server(33, &dir);
+    let peer = echo_peer();
+    let s = tls_connect(srv.server().tls_addrs()[0], &[&cert]).expect("TLS handshake");
+    assert_eq!(
+        s.conn.alpn_protocol(),
+        Some(&b"stun.turn"[..]),
+        "ALPN stun.turn accepted"
+    );
+    let mut c = StreamClient::new(s);
+    relay_cycle(&mut c, peer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tls_certificate_hot_reload() {
+    let dir = temp_dir("tls-reload");
+    let (a, b) = (make_cert(), make_cert());
+    install(&dir, &a);
+    let srv = tls_server(34, &dir);
+    let addr = srv.server().tls_addrs()[0];
+    let peer = echo_peer();
+
+    let s1 = tls_connect(addr, &[&a]).expect("handshake with cert A");
+    assert_eq!(peer_cert(&s1), a.der);
+    let mut c1 = StreamClient::new(s1);
+    c1.allocate();
+    c1.channel_bind(0x4003, peer);
+
+    // Renew: new handshakes must see B within a couple of watcher periods, no restart.
+    install(&dir, &b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s2 = loop {
+        if let Ok(s) = tls_connect(addr, &[&b]) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new handshakes still get the old certificate"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(peer_cert(&s2), b.der);
+    // A client that trusts only A is now refused: the swap really happened.
+    assert!(tls_connect(addr, &[&a]).is_err());
+
+    // The live connection is untouched: still relays on its allocation.
+    c1.send_channel_data(0x4003, b"after renewal");
+    assert_eq!(c1.recv_channel_data().1, b"after renewal");
+
+    // A broken new file is refused and the current pair kept.
+    std::fs::write(
+        dir.join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let s3 = tls_connect(addr, &[&b]).expect("previous certificate kept after a bad file");
+    assert_eq!(peer_cert(&s3), b.der);
+    drop((c1, s2, s3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
