@@ -97,6 +97,10 @@ struct Conn {
     /// Plain TCP: bytes accepted for sending but not yet written.
     wbuf: Vec<u8>,
     writable_interest: bool,
+    /// A STUN message has been seen. ChannelData needs a channel bound by an earlier
+    /// ChannelBind on this connection, so a stream that starts with anything else is not a
+    /// TURN client (an HTTP "GET" even looks like channel 0x4745) and is closed.
+    stun_seen: bool,
 }
 
 struct Shard {
@@ -373,6 +377,7 @@ impl Shard {
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
                 writable_interest: false,
+                stun_seen: false,
             });
         }
         if let Some(Listener::Stream(l, _, _)) = self.listeners.get_mut(li) {
@@ -451,11 +456,19 @@ impl Shard {
             // 2. Messages out of the bytes.
             if got > 0 && !close {
                 let tuple = c.tuple;
+                let max_channel = self.engine.config().max_channel();
                 let mut off = 0;
                 loop {
-                    match framing::frame_len(&c.rbuf[off..]) {
+                    match framing::frame_len(&c.rbuf[off..], max_channel) {
                         Ok(Some(n)) => {
                             let frame = &c.rbuf[off..off + n];
+                            if frame[0] < 4 {
+                                c.stun_seen = true;
+                            } else if !c.stun_seen {
+                                debug!(client = %tuple.client, "stream starts with non-STUN; closing");
+                                close = true;
+                                break;
+                            }
                             if let ClientAction::ToPeer {
                                 relay,
                                 peer,
@@ -469,6 +482,12 @@ impl Shard {
                                 }
                             }
                             off += n;
+                        }
+                        // Same rule before the frame is complete: do not wait for the 0x5420
+                        // bytes that "GET / HTTP/1.1" announces.
+                        Ok(None) if !c.stun_seen && c.rbuf.len() > off && c.rbuf[off] >= 4 => {
+                            close = true;
+                            break;
                         }
                         Ok(None) => break,
                         Err(e) => {
