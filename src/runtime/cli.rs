@@ -33,9 +33,35 @@ pub struct Cli {
     #[arg(short = 'L', long, value_name = "IP", global = true)]
     pub listening_ip: Vec<String>,
 
-    /// UDP port to listen on [default: 3478] (coturn: -p).
+    /// UDP and TCP port to listen on [default: 3478] (coturn: -p).
     #[arg(short = 'p', long, value_name = "PORT", global = true)]
     pub listening_port: Option<u64>,
+
+    /// TLS port (`turns:`), used when --cert and --pkey are given [default: 5349]
+    /// (coturn: --tls-listening-port).
+    #[arg(long, value_name = "PORT", global = true)]
+    pub tls_listening_port: Option<u64>,
+
+    /// TLS certificate chain, PEM; relative to the working directory. With --pkey, enables
+    /// the TLS listeners (coturn: --cert).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub cert: Option<PathBuf>,
+
+    /// TLS private key, PEM, for --cert; relative to the working directory (coturn: --pkey).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub pkey: Option<PathBuf>,
+
+    /// Do not listen on UDP (coturn: --no-udp).
+    #[arg(long, global = true)]
+    pub no_udp: bool,
+
+    /// Do not listen on TCP (coturn: --no-tcp).
+    #[arg(long, global = true)]
+    pub no_tcp: bool,
+
+    /// Do not listen on TLS, even with --cert and --pkey (coturn: --no-tls).
+    #[arg(long, global = true)]
+    pub no_tls: bool,
 
     /// Address relay sockets are bound to; at most one per address family
     /// [default: the listening IP of that family] (coturn: -E).
@@ -185,6 +211,14 @@ mod tests {
             "--static-auth-secret",
             "s",
             "-vv",
+            "--cert",
+            "/etc/ferroturn/cert.pem",
+            "--pkey",
+            "/etc/ferroturn/key.pem",
+            "--tls-listening-port",
+            "443",
+            "--no-udp",
+            "--no-tcp",
         ])
         .unwrap();
         assert_eq!(cli.config, Some(PathBuf::from("/etc/t.toml")));
@@ -193,6 +227,10 @@ mod tests {
         assert_eq!(cli.external_ip, ["203.0.113.1/10.0.0.1"]);
         assert_eq!(cli.user, ["a:b", "c:d"]);
         assert_eq!(cli.verbose, 2);
+        assert_eq!(cli.cert, Some(PathBuf::from("/etc/ferroturn/cert.pem")));
+        assert_eq!(cli.pkey, Some(PathBuf::from("/etc/ferroturn/key.pem")));
+        assert_eq!(cli.tls_listening_port, Some(443));
+        assert!(cli.no_udp && cli.no_tcp && !cli.no_tls);
         assert_eq!(cli.command, None);
     }
 

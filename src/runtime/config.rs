@@ -5,7 +5,15 @@
 //! - A scalar given on the command line replaces the file's value.
 //! - A list given on the command line (`--user`, `--listening-ip`, ...) replaces the file's
 //!   list; it does not add to it. `--user` replaces both the file's `user` and `[users]`.
-//! - Boolean flags (`--use-auth-secret`, `--allow-loopback-peers`) can only switch on.
+//! - Boolean flags (`--use-auth-secret`, `--allow-loopback-peers`, `--no-udp`, ...) can only
+//!   switch on.
+//!
+//! Listeners, as coturn (RFC 8656 §3.1): on every `listening-ip`, UDP and TCP on
+//! `listening-port` (3478) unless `no-udp` / `no-tcp`, and TLS on `tls-listening-port` (5349)
+//! when both `cert` and `pkey` are given, unless `no-tls`. At least one listener is required.
+//! `cert` / `pkey` are PEM files, relative paths being relative to the working directory (as
+//! coturn), not to the config file. Here they are only checked to be readable; the runtime
+//! parses them.
 //!
 //! Relay address resolution, per address family (IPv4, IPv6), in this order:
 //! 1. `relay-ip` of that family, if given (at most one per family);
@@ -41,6 +49,8 @@ use crate::engine::{EngineConfig, UserKey};
 
 /// STUN/TURN port (RFC 8489 §18.6).
 pub const DEFAULT_LISTENING_PORT: u16 = 3478;
+/// TURN over TLS port (RFC 8656 §18, `turns:`).
+pub const DEFAULT_TLS_LISTENING_PORT: u16 = 5349;
 /// Socket buffer sizes, as coturn: bursts of relayed media need more than the OS default.
 pub const DEFAULT_UDP_BUFFER: usize = 4 * 1024 * 1024;
 /// Default log level / filter.
@@ -62,6 +72,12 @@ struct FileConfig {
     #[serde(default, deserialize_with = "one_or_many")]
     listening_ip: Option<Vec<String>>,
     listening_port: Option<i64>,
+    tls_listening_port: Option<i64>,
+    cert: Option<String>,
+    pkey: Option<String>,
+    no_udp: Option<bool>,
+    no_tcp: Option<bool>,
+    no_tls: Option<bool>,
     #[serde(default, deserialize_with = "one_or_many")]
     relay_ip: Option<Vec<String>>,
     #[serde(default, deserialize_with = "one_or_many")]
@@ -94,8 +110,6 @@ struct FileConfig {
     log_level: Option<String>,
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
-    /// Reserved for the TCP/TLS transports; `true` is rejected while UDP is the only one.
-    no_udp: Option<bool>,
 }
 
 /// `key = "x"` or `key = ["x", "y"]`.
@@ -215,13 +229,15 @@ impl Ctx<'_> {
 pub struct Config {
     /// The config file, if one was given.
     pub source: Option<PathBuf>,
-    /// UDP listening sockets: every listening IP × the listening port.
+    /// UDP listening sockets: every listening IP × the listening port; empty with `no-udp`.
     pub listen: Vec<SocketAddr>,
-    /// TCP listening sockets (RFC 8656 §3.1; same addresses as UDP unless disabled).
+    /// TCP listening sockets (RFC 8656 §3.1): the same addresses as UDP; empty with `no-tcp`.
     pub tcp_listen: Vec<SocketAddr>,
-    /// TLS listening sockets (`turns:`), when a certificate is configured.
+    /// TLS listening sockets (`turns:`): every listening IP × `tls-listening-port`; empty
+    /// unless `cert` and `pkey` are set (and not `no-tls`).
     pub tls_listen: Vec<SocketAddr>,
-    /// Certificate chain and private key (PEM) for the TLS listeners.
+    /// Certificate chain and private key (PEM) for the TLS listeners; `Some` exactly when
+    /// `tls_listen` is not empty. Checked readable at load time, not parsed.
     pub tls: Option<TlsFiles>,
     /// Everything the engine needs, peer filter included.
     pub engine: EngineConfig,
@@ -234,13 +250,16 @@ pub struct Config {
     /// SO_RCVBUF / SO_SNDBUF for every UDP socket, bytes.
     pub udp_recv_buffer: usize,
     pub udp_send_buffer: usize,
-    /// Reserved for the TCP/TLS transports; always false for now (true is rejected).
+    /// `no-udp`: no UDP listeners (`listen` is empty).
     pub no_udp: bool,
+    /// `no-tls` (for the summary: why TLS is off).
+    no_tls: bool,
     /// Peer rules as text, for [`Config::summary`] (the filter itself is opaque).
     peer_rules: PeerRulesText,
 }
 
-/// PEM files for TLS; re-read when they change on disk.
+/// PEM files for TLS (paths as given: relative ones are relative to the working directory);
+/// re-read by the runtime when they change on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
@@ -260,6 +279,9 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("source", &self.source)
             .field("listen", &self.listen)
+            .field("tcp_listen", &self.tcp_listen)
+            .field("tls_listen", &self.tls_listen)
+            .field("tls", &self.tls)
             .field("realm", &self.engine.realm)
             .field("users", &self.engine.users.len())
             .field("auth_secrets", &self.engine.auth_secrets.len())
@@ -311,9 +333,38 @@ impl Config {
             })
             .collect();
         users.sort();
-        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        let listeners = |v: &[SocketAddr], off: &str| {
+            if v.is_empty() {
+                off.to_owned()
+            } else {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let tls = match &self.tls {
+            Some(t) => format!("cert {}, key {}", t.cert.display(), t.key.display()),
+            None if self.no_tls => "off (no-tls)".to_owned(),
+            None => "off (no cert/pkey)".to_owned(),
+        };
         let _ = writeln!(s, "configuration: {src}");
-        let _ = writeln!(s, "  listen (udp):      {}", join(&listen));
+        let _ = writeln!(
+            s,
+            "  listen (udp):      {}",
+            listeners(&self.listen, "off (no-udp)")
+        );
+        let _ = writeln!(
+            s,
+            "  listen (tcp):      {}",
+            listeners(&self.tcp_listen, "off (no-tcp)")
+        );
+        let _ = writeln!(
+            s,
+            "  listen (tls):      {}",
+            listeners(&self.tls_listen, "off")
+        );
+        let _ = writeln!(s, "  TLS:               {tls}");
         let _ = writeln!(
             s,
             "  relay IPv4:        {}",
@@ -554,6 +605,64 @@ fn pick_list(cli: &[String], file: Option<Vec<String>>) -> (Vec<String>, Src) {
     }
 }
 
+/// A `--no-*` style switch: the command line can only switch it on.
+fn flag(cli: bool, file: Option<bool>) -> (bool, Src) {
+    match (cli, file) {
+        (true, _) => (true, Src::Cli),
+        (false, Some(b)) => (b, Src::File),
+        (false, None) => (false, Src::Default),
+    }
+}
+
+/// A PEM file path (`cert`, `pkey`); empty is an error.
+fn pem_path(
+    ctx: &Ctx,
+    key: &str,
+    cli: Option<&PathBuf>,
+    file: Option<String>,
+) -> Result<Option<(PathBuf, Src)>, ConfigError> {
+    match pick(cli.cloned(), file.map(PathBuf::from)) {
+        Some((p, src)) if p.as_os_str().is_empty() => {
+            Err(ctx.err(src, key, "must not be empty (a PEM file)"))
+        }
+        v => Ok(v),
+    }
+}
+
+/// The file exists, is readable and is not a directory (its content is the runtime's
+/// business). Relative paths are relative to the working directory, as in coturn.
+fn check_readable(ctx: &Ctx, src: Src, key: &str, path: &Path) -> Result<(), ConfigError> {
+    let problem = match fs::File::open(path) {
+        Err(e) => Some(io_message(&e)),
+        Ok(f) => match f.metadata() {
+            Ok(m) if m.is_dir() => Some("is a directory".to_owned()),
+            Ok(_) => None,
+            Err(e) => Some(io_message(&e)),
+        },
+    };
+    let Some(problem) = problem else {
+        return Ok(());
+    };
+    let shown = match std::env::current_dir() {
+        Ok(dir) if path.is_relative() => format!(
+            "{} (relative to the working directory {})",
+            path.display(),
+            dir.display()
+        ),
+        _ => path.display().to_string(),
+    };
+    Err(ctx.err(src, key, format!("cannot read {shown}: {problem}")))
+}
+
+/// `No such file or directory`, without std's ` (os error 2)`.
+fn io_message(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rsplit_once(" (os error ") {
+        Some((msg, code)) if code.ends_with(')') => msg.to_owned(),
+        _ => s,
+    }
+}
+
 fn port(
     ctx: &Ctx,
     key: &str,
@@ -734,10 +843,84 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         pick_num(cli.listening_port, fc.listening_port),
         DEFAULT_LISTENING_PORT,
     )?;
-    let listen: Vec<SocketAddr> = listen_ips
-        .iter()
-        .map(|&ip| SocketAddr::new(ip, listening_port))
-        .collect();
+    let (tls_listening_port, tls_port_src) = port(
+        ctx,
+        "tls-listening-port",
+        pick_num(cli.tls_listening_port, fc.tls_listening_port),
+        DEFAULT_TLS_LISTENING_PORT,
+    )?;
+
+    // --- transports ------------------------------------------------------------------------
+    let (no_udp, no_udp_src) = flag(cli.no_udp, fc.no_udp);
+    let (no_tcp, no_tcp_src) = flag(cli.no_tcp, fc.no_tcp);
+    let (no_tls, no_tls_src) = flag(cli.no_tls, fc.no_tls);
+    let cert = pem_path(ctx, "cert", cli.cert.as_ref(), fc.cert)?;
+    let pkey = pem_path(ctx, "pkey", cli.pkey.as_ref(), fc.pkey)?;
+    let both = "TLS needs both the certificate chain and its private key";
+    let tls = match (cert, pkey) {
+        (None, None) => None,
+        (Some((_, src)), None) => {
+            return Err(ctx.err(src, "pkey", format!("is not set but cert is; {both}")))
+        }
+        (None, Some((_, src))) => {
+            return Err(ctx.err(src, "cert", format!("is not set but pkey is; {both}")))
+        }
+        // As coturn: no-tls ignores the certificate (the files are not even read).
+        (Some(_), Some(_)) if no_tls => None,
+        (Some((cert, cert_src)), Some((key, key_src))) => {
+            check_readable(ctx, cert_src, "cert", &cert)?;
+            check_readable(ctx, key_src, "pkey", &key)?;
+            Some(TlsFiles { cert, key })
+        }
+    };
+    if no_udp && no_tcp && tls.is_none() {
+        let src = if [no_udp_src, no_tcp_src, no_tls_src].contains(&Src::Cli) {
+            Src::Cli
+        } else {
+            Src::File
+        };
+        return Err(ConfigError {
+            origin: ctx.origin(src),
+            key: None,
+            message: "nothing to listen on: no-udp, no-tcp and no TLS".into(),
+        });
+    }
+    // Ports that are actually listened on; only those are checked against each other and
+    // against the relay range.
+    let mut own_ports: Vec<(u16, Src, &str)> = Vec::new();
+    if !no_udp || !no_tcp {
+        own_ports.push((listening_port, lport_src, "listening-port"));
+    }
+    if tls.is_some() {
+        if !own_ports.is_empty() && tls_listening_port == listening_port {
+            return Err(if tls_port_src != Src::Default {
+                ctx.err(
+                    tls_port_src,
+                    "tls-listening-port",
+                    format!("must differ from listening-port ({listening_port})"),
+                )
+            } else {
+                ctx.err(
+                    lport_src,
+                    "listening-port",
+                    format!("must differ from tls-listening-port ({tls_listening_port})"),
+                )
+            });
+        }
+        own_ports.push((tls_listening_port, tls_port_src, "tls-listening-port"));
+    }
+    let on_every_ip = |off: bool, port: u16| -> Vec<SocketAddr> {
+        if off {
+            return Vec::new();
+        }
+        listen_ips
+            .iter()
+            .map(|&ip| SocketAddr::new(ip, port))
+            .collect()
+    };
+    let listen = on_every_ip(no_udp, listening_port);
+    let tcp_listen = on_every_ip(no_tcp, listening_port);
+    let tls_listen = on_every_ip(tls.is_none(), tls_listening_port);
 
     // --- relay and external addresses ------------------------------------------------------
     let (list, relay_src) = pick_list(&cli.relay_ip, fc.relay_ip);
@@ -842,33 +1025,29 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             )
         });
     }
-    if (min_port..=max_port).contains(&listening_port) {
-        return Err(if lport_src != Src::Default {
+    for &(p, p_src, key) in &own_ports {
+        if !(min_port..=max_port).contains(&p) {
+            continue;
+        }
+        return Err(if p_src != Src::Default {
             ctx.err(
-                lport_src,
-                "listening-port",
+                p_src,
+                key,
                 format!(
-                    "{listening_port} is inside the relay port range {min_port}-{max_port} \
+                    "{p} is inside the relay port range {min_port}-{max_port} \
                      (min-port/max-port)"
                 ),
             )
         } else {
-            let src = if min_src != Src::Default {
-                min_src
+            let (src, range_key) = if min_src != Src::Default {
+                (min_src, "min-port")
             } else {
-                max_src
+                (max_src, "max-port")
             };
             ctx.err(
                 src,
-                if min_src != Src::Default {
-                    "min-port"
-                } else {
-                    "max-port"
-                },
-                format!(
-                    "relay port range {min_port}-{max_port} contains listening-port \
-                     {listening_port}"
-                ),
+                range_key,
+                format!("relay port range {min_port}-{max_port} contains {key} {p}"),
             )
         });
     }
@@ -991,7 +1170,13 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         allow_loopback,
         allowed,
         denied,
-        own_listeners: listen.clone(),
+        // Every transport: a peer must never reach our own TCP or TLS port through the relay.
+        own_listeners: listen
+            .iter()
+            .chain(&tcp_listen)
+            .chain(&tls_listen)
+            .copied()
+            .collect(),
         own_ips,
         relay_ports: (min_port, max_port),
     });
@@ -1133,15 +1318,6 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         buffer_range,
     )?;
 
-    let no_udp = fc.no_udp.unwrap_or(false);
-    if no_udp {
-        return Err(ctx.err(
-            Src::File,
-            "no-udp",
-            "UDP is the only transport so far; with no-udp the server would not listen at all",
-        ));
-    }
-
     let defaults = EngineConfig::default();
     let engine = EngineConfig {
         realm: realm.map_or(defaults.realm, |(r, _)| r),
@@ -1166,10 +1342,10 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
 
     Ok(Config {
         source: ctx.file.map(Path::to_path_buf),
-        tcp_listen: Vec::new(),
-        tls_listen: Vec::new(),
-        tls: None,
         listen,
+        tcp_listen,
+        tls_listen,
+        tls,
         engine,
         relay_threads: relay_threads as usize,
         log_file,
@@ -1177,6 +1353,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         udp_recv_buffer: udp_recv_buffer as usize,
         udp_send_buffer: udp_send_buffer as usize,
         no_udp,
+        no_tls,
         peer_rules,
     })
 }
@@ -1238,6 +1415,14 @@ mod tests {
         assert_eq!(c.log_level, "info");
         assert_eq!((c.udp_recv_buffer, c.udp_send_buffer), (4 << 20, 4 << 20));
         assert!(!c.no_udp);
+        // UDP and TCP on 3478 (RFC 8656), TLS off without a certificate.
+        assert_eq!(c.tcp_listen, ["127.0.0.1:3478".parse().unwrap()]);
+        assert!(c.tls_listen.is_empty());
+        assert_eq!(c.tls, None);
+        let s = c.summary();
+        assert!(s.contains("listen (udp):      127.0.0.1:3478\n"), "{s}");
+        assert!(s.contains("listen (tcp):      127.0.0.1:3478\n"), "{s}");
+        assert!(s.contains("TLS:               off (no cert/pkey)\n"), "{s}");
     }
 
     #[test]
@@ -1334,6 +1519,10 @@ mod tests {
         assert_eq!((c.engine.min_port, c.engine.max_port), (49152, 65535));
         assert_eq!(c.engine.software, None);
         assert_eq!(c.engine.relay_ip_v4, v4("127.0.0.1"));
+        // Works on a fresh machine: TLS is commented out.
+        assert_eq!(c.tcp_listen, ["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(c.tls, None);
+        assert!(c.tls_listen.is_empty());
     }
 
     #[test]
@@ -1370,7 +1559,7 @@ mod tests {
                 text.push('\n');
             } else if is_kv && line.starts_with('#') {
                 let key = l.split(" = ").next().unwrap().to_owned();
-                if seen.insert(key) && !l.starts_with("no-udp") {
+                if seen.insert(key) {
                     text.push_str(l);
                     text.push('\n');
                 }
@@ -1379,6 +1568,7 @@ mod tests {
         let fc: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(fc.static_auth_secret.is_some() && fc.relay_ip.is_some());
         assert_eq!(fc.users.map(|u| u.len()), Some(2));
+        assert!(fc.cert.is_some() && fc.pkey.is_some() && fc.tls_listening_port.is_some());
     }
 
     #[test]
@@ -1439,7 +1629,17 @@ mod tests {
             ("software = \"\"", &[], "turnserver.toml: key 'software': must not be empty; leave it unset to not send SOFTWARE"),
             ("log-level = \"loud\"", &[], "turnserver.toml: key 'log-level': \"loud\" is not a level (error, warn, info, debug, trace, off) or a filter like \"info,ferroturn=debug\""),
             ("udp-recv-buffer = 0", &[], "turnserver.toml: key 'udp-recv-buffer': must be at least 1, got 0"),
-            ("no-udp = true", &[], "turnserver.toml: key 'no-udp': UDP is the only transport so far; with no-udp the server would not listen at all"),
+            ("tls-listening-port = 0", &[], "turnserver.toml: key 'tls-listening-port': 0 is not a port (1-65535)"),
+            ("", &["--tls-listening-port", "70000"], "command line: option '--tls-listening-port': 70000 is not a port (1-65535)"),
+            ("cert = \"/etc/ferroturn/cert.pem\"", &[], "turnserver.toml: key 'pkey': is not set but cert is; TLS needs both the certificate chain and its private key"),
+            ("", &["--cert", "/etc/ferroturn/cert.pem"], "command line: option '--pkey': is not set but cert is; TLS needs both"),
+            ("pkey = \"/etc/ferroturn/key.pem\"", &[], "turnserver.toml: key 'cert': is not set but pkey is; TLS needs both"),
+            ("cert = \"\"\npkey = \"k.pem\"", &[], "turnserver.toml: key 'cert': must not be empty (a PEM file)"),
+            // Also with no-tls: half a certificate is a mistake either way.
+            ("cert = \"c.pem\"\nno-tls = true", &[], "turnserver.toml: key 'pkey': is not set but cert is"),
+            ("cert = \"/nonexistent/ferroturn/cert.pem\"\npkey = \"/nonexistent/ferroturn/key.pem\"", &[], "turnserver.toml: key 'cert': cannot read /nonexistent/ferroturn/cert.pem: No such file or directory"),
+            ("no-udp = true\nno-tcp = true", &[], "turnserver.toml: nothing to listen on: no-udp, no-tcp and no TLS"),
+            ("no-udp = true", &["--no-tcp"], "command line: nothing to listen on: no-udp, no-tcp and no TLS"),
             ("denied-peer-ip = \"10.0.0.x\"", &[], "turnserver.toml: key 'denied-peer-ip': \"10.0.0.x\": "),
         ];
         for (extra, args, want) in cases {
@@ -1631,6 +1831,294 @@ mod tests {
         assert!(s.contains("127.0.0.1:3478"), "{s}");
         assert!(s.contains("10.0.0.1"), "{s}");
         assert!(s.contains("REST API secrets:  1 (hidden)"), "{s}");
+    }
+
+    /// A cert.pem / key.pem pair in a fresh temp directory (content need not be valid PEM
+    /// here: config only checks the files are readable), removed on drop.
+    struct TempPem {
+        dir: PathBuf,
+    }
+
+    impl TempPem {
+        fn new(name: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "ferroturn-config-{name}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("cert.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+            fs::write(dir.join("key.pem"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+            Self { dir }
+        }
+        fn cert(&self) -> String {
+            self.dir.join("cert.pem").display().to_string()
+        }
+        fn key(&self) -> String {
+            self.dir.join("key.pem").display().to_string()
+        }
+        /// `cert = ...` and `pkey = ...` lines.
+        fn keys(&self) -> String {
+            format!("cert = {:?}\npkey = {:?}\n", self.cert(), self.key())
+        }
+    }
+
+    impl Drop for TempPem {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn tls_with_cert_and_pkey() {
+        let pem = TempPem::new("tls");
+        let c = ok(&format!("{MIN}{}", pem.keys()), &[]);
+        assert_eq!(c.listen, [sa("127.0.0.1:3478")]);
+        assert_eq!(c.tcp_listen, [sa("127.0.0.1:3478")]);
+        assert_eq!(c.tls_listen, [sa("127.0.0.1:5349")]);
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: pem.cert().into(),
+                key: pem.key().into(),
+            })
+        );
+        let s = c.summary();
+        assert!(s.contains("listen (tls):      127.0.0.1:5349\n"), "{s}");
+        assert!(
+            s.contains(&format!(
+                "TLS:               cert {}, key {}",
+                pem.cert(),
+                pem.key()
+            )),
+            "{s}"
+        );
+        // Every listening IP, the port from the command line; the file's paths kept.
+        let c = ok(
+            &format!(
+                "{}{}",
+                MIN.replace("\"127.0.0.1\"", "[\"127.0.0.1\", \"::1\"]"),
+                pem.keys()
+            ),
+            &["--tls-listening-port", "5350"],
+        );
+        assert_eq!(c.tls_listen, [sa("127.0.0.1:5350"), sa("[::1]:5350")]);
+        assert_eq!(c.tcp_listen, [sa("127.0.0.1:3478"), sa("[::1]:3478")]);
+        // All on the command line; --cert overrides the file's cert only.
+        let other = TempPem::new("tls-cli");
+        let c = ok(
+            &format!("{MIN}{}", pem.keys()),
+            &["--cert", &other.cert(), "-p", "3479"],
+        );
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from(other.cert()));
+        assert_eq!(tls.key, PathBuf::from(pem.key()));
+        assert_eq!(c.tcp_listen, [sa("127.0.0.1:3479")]);
+        let c = load_from(
+            &cli(&[
+                "-u",
+                "a:b",
+                "-L",
+                "127.0.0.1",
+                "--cert",
+                &pem.cert(),
+                "--pkey",
+                &pem.key(),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.tls_listen, [sa("127.0.0.1:5349")]);
+    }
+
+    #[test]
+    fn tls_files_must_be_readable() {
+        let pem = TempPem::new("missing");
+        let gone = pem.dir.join("gone.pem").display().to_string();
+        let text = format!("{MIN}cert = {:?}\npkey = {gone:?}\n", pem.cert());
+        assert_eq!(
+            err(&text, &[]),
+            format!("turnserver.toml: key 'pkey': cannot read {gone}: No such file or directory")
+        );
+        // The error names where the path came from.
+        assert_eq!(
+            err(&format!("{MIN}{}", pem.keys()), &["--cert", &gone]),
+            format!("command line: option '--cert': cannot read {gone}: No such file or directory")
+        );
+        let dir = pem.dir.display().to_string();
+        assert_eq!(
+            err(&format!("{MIN}{}", pem.keys()), &["--pkey", &dir]),
+            format!("command line: option '--pkey': cannot read {dir}: is a directory")
+        );
+        // Relative paths are relative to the working directory (as coturn), and say so.
+        let e = err(
+            &format!(
+                "{MIN}cert = \"no-such-ferroturn-cert.pem\"\npkey = {:?}\n",
+                pem.key()
+            ),
+            &[],
+        );
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            e,
+            format!(
+                "turnserver.toml: key 'cert': cannot read no-such-ferroturn-cert.pem (relative to \
+                 the working directory {}): No such file or directory",
+                cwd.display()
+            )
+        );
+        // no-tls: the files are not read at all.
+        let c = ok(
+            &format!("{MIN}cert = {gone:?}\npkey = {gone:?}\n"),
+            &["--no-tls"],
+        );
+        assert_eq!(c.tls, None);
+        assert!(c.tls_listen.is_empty());
+        assert!(c.summary().contains("TLS:               off (no-tls)\n"));
+    }
+
+    #[test]
+    fn transports_switched_off() {
+        let pem = TempPem::new("transports");
+        let with_tls = format!("{MIN}{}", pem.keys());
+        // no-udp: TCP (and TLS) only.
+        let c = ok(MIN, &["--no-udp"]);
+        assert!(c.no_udp);
+        assert!(c.listen.is_empty());
+        assert_eq!(c.tcp_listen, [sa("127.0.0.1:3478")]);
+        assert!(c.summary().contains("listen (udp):      off (no-udp)\n"));
+        // no-tcp: UDP only.
+        let c = ok(&format!("{MIN}no-tcp = true\n"), &[]);
+        assert_eq!(c.listen, [sa("127.0.0.1:3478")]);
+        assert!(c.tcp_listen.is_empty());
+        assert!(c.summary().contains("listen (tcp):      off (no-tcp)\n"));
+        // TLS only.
+        let c = ok(&with_tls, &["--no-udp", "--no-tcp"]);
+        assert!(c.listen.is_empty() && c.tcp_listen.is_empty());
+        assert_eq!(c.tls_listen, [sa("127.0.0.1:5349")]);
+        // no-tls with a certificate: UDP and TCP only.
+        let c = ok(&format!("{with_tls}no-tls = true\n"), &[]);
+        assert_eq!(c.listen, [sa("127.0.0.1:3478")]);
+        assert_eq!(c.tcp_listen, [sa("127.0.0.1:3478")]);
+        assert!(c.tls_listen.is_empty() && c.tls.is_none());
+        // The command line can only switch a no-* flag on.
+        let c = ok(&format!("{MIN}no-udp = false\n"), &["--no-udp"]);
+        assert!(c.listen.is_empty());
+        let c = ok(&format!("{MIN}no-udp = true\n"), &[]);
+        assert!(c.listen.is_empty());
+        // Nothing left.
+        assert_eq!(
+            err(&with_tls, &["--no-udp", "--no-tcp", "--no-tls"]),
+            "command line: nothing to listen on: no-udp, no-tcp and no TLS"
+        );
+        assert_eq!(
+            load_from(
+                &cli(&["-u", "a:b", "-L", "127.0.0.1", "--no-udp", "--no-tcp"]),
+                None
+            )
+            .unwrap_err()
+            .to_string(),
+            "command line: nothing to listen on: no-udp, no-tcp and no TLS"
+        );
+    }
+
+    #[test]
+    fn tls_port_conflicts() {
+        let pem = TempPem::new("ports");
+        let with_tls = format!("{MIN}{}", pem.keys());
+        assert_eq!(
+            err(&format!("{with_tls}tls-listening-port = 3478\n"), &[]),
+            "turnserver.toml: key 'tls-listening-port': must differ from listening-port (3478)"
+        );
+        assert_eq!(
+            err(&with_tls, &["-p", "5349"]),
+            "command line: option '--listening-port': must differ from tls-listening-port (5349)"
+        );
+        // Only ports actually listened on count: without TLS, or with neither UDP nor TCP.
+        ok(&format!("{MIN}tls-listening-port = 3478\n"), &[]);
+        ok(
+            &format!("{with_tls}tls-listening-port = 3478\nno-udp = true\nno-tcp = true\n"),
+            &[],
+        );
+        ok(&format!("{MIN}min-port = 5000\nmax-port = 6000\n"), &[]);
+        ok(
+            &format!("{MIN}min-port = 3000\nmax-port = 4000\n"),
+            &[
+                "--no-udp",
+                "--no-tcp",
+                "--cert",
+                &pem.cert(),
+                "--pkey",
+                &pem.key(),
+            ],
+        );
+        // The relay range must not contain the TLS port.
+        assert_eq!(
+            err(&format!("{with_tls}tls-listening-port = 50000\n"), &[]),
+            "turnserver.toml: key 'tls-listening-port': 50000 is inside the relay port range \
+             49152-65535 (min-port/max-port)"
+        );
+        assert_eq!(
+            err(
+                &format!("{with_tls}min-port = 5000\nmax-port = 6000\n"),
+                &[]
+            ),
+            "turnserver.toml: key 'min-port': relay port range 5000-6000 contains \
+             tls-listening-port 5349"
+        );
+        assert_eq!(
+            err(&with_tls, &["--max-port", "5349", "--min-port", "4000"]),
+            "command line: option '--min-port': relay port range 4000-5349 contains \
+             tls-listening-port 5349"
+        );
+    }
+
+    #[test]
+    fn own_listeners_include_tcp_and_tls() {
+        use crate::engine::peer_filter::DenyReason;
+        let pem = TempPem::new("own");
+        let with_tls = format!("{MIN}{}", pem.keys());
+        let check = |c: &Config, a: &str| c.engine.peer_filter.check(sa(a));
+        // Our TLS port is a listener, not just "some port of our own address".
+        let c = ok(&with_tls, &[]);
+        assert_eq!(check(&c, "127.0.0.1:5349"), Err(DenyReason::OwnListener));
+        assert_eq!(check(&c, "127.0.0.1:3478"), Err(DenyReason::OwnListener));
+        let c = ok(
+            &with_tls,
+            &["--allow-loopback-peers", "--tls-listening-port", "5350"],
+        );
+        // Even with loopback peers allowed (which lifts the own-address rule for loopback).
+        assert_eq!(check(&c, "127.0.0.1:5350"), Err(DenyReason::OwnListener));
+        assert_eq!(check(&c, "127.0.0.1:5349"), Ok(()));
+        // TCP counts without UDP.
+        let c = ok(MIN, &["--no-udp"]);
+        assert_eq!(check(&c, "127.0.0.1:3478"), Err(DenyReason::OwnListener));
+        // Without TLS, 5349 is not a listener (still one of our addresses).
+        let c = ok(MIN, &[]);
+        assert_eq!(check(&c, "127.0.0.1:5349"), Err(DenyReason::OwnAddress));
+        // With UDP and TCP off, 3478 is not a listener either.
+        let c = ok(&with_tls, &["--no-udp", "--no-tcp"]);
+        assert_eq!(check(&c, "127.0.0.1:3478"), Err(DenyReason::OwnAddress));
+        assert_eq!(check(&c, "127.0.0.1:5349"), Err(DenyReason::OwnListener));
+        // Wildcard listener: the TLS port on the advertised address, even if allowed.
+        let c = ok(
+            &format!(
+                "realm = \"r\"\nuser = \"a:b\"\nlistening-ip = \"0.0.0.0\"\n\
+                 external-ip = \"203.0.113.5\"\nallowed-peer-ip = \"10.0.0.0/8\"\n{}",
+                pem.keys()
+            ),
+            &[],
+        );
+        assert_eq!(c.tls_listen, [sa("0.0.0.0:5349")]);
+        assert_eq!(check(&c, "203.0.113.5:5349"), Err(DenyReason::OwnListener));
+        assert_eq!(check(&c, "203.0.113.5:3478"), Err(DenyReason::OwnListener));
+        assert_eq!(check(&c, "203.0.113.6:5349"), Ok(()));
     }
 
     #[test]
