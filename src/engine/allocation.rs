@@ -47,6 +47,10 @@ pub struct Allocation {
     pub to_peer_bytes: u64,
     pub to_client_packets: u64,
     pub to_client_bytes: u64,
+    /// RFC 6062 TCP allocation: the relayed address is a TCP listener.
+    pub tcp: bool,
+    /// TCP allocations: peers with a connection (pending bind or spliced), for 446.
+    pub tcp_peers: Vec<SocketAddr>,
 }
 
 impl Allocation {

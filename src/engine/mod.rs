@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod peer_filter;
 pub mod shared;
+pub mod tcp_relay;
 pub mod txn_cache;
 
 use std::cmp::Reverse;
@@ -88,6 +89,21 @@ pub enum RelayCommand {
     },
     /// Close the socket of `relay`.
     Close { relay: RelayId },
+    /// RFC 6062: listen for TCP on `addr` under `relay` (a TCP allocation); report with
+    /// [`Engine::on_relay_bound`] and each accepted peer with [`Engine::on_peer_tcp_accepted`].
+    BindTcp { relay: RelayId, addr: SocketAddr },
+    /// RFC 6062 §5.2: open a TCP connection from `relay`'s address to `peer`; report with
+    /// [`Engine::on_tcp_connected`] and keep the stream under `conn_id`.
+    Connect {
+        relay: RelayId,
+        conn_id: u32,
+        peer: SocketAddr,
+    },
+    /// RFC 6062 §5.4: from now on, pipe the client connection `tuple` and peer connection
+    /// `conn_id` into each other (after sending what is queued for `tuple`).
+    Splice { tuple: FiveTuple, conn_id: u32 },
+    /// Close the peer connection `conn_id` (never bound, or its Connect timed out).
+    DropPeer { conn_id: u32 },
 }
 
 /// The result of a client datagram on the data path.
@@ -135,6 +151,7 @@ struct PendingAllocate {
     reservation: Option<u64>,
     from_token: bool,
     attempts: u8,
+    tcp: bool,
 }
 
 enum RelaySlot {
@@ -165,6 +182,9 @@ pub struct Engine {
     /// Allocation expiry deadlines; stale entries (after a refresh) are skipped when popped.
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     txn: TxnCache,
+    pending_connects: HashMap<u32, tcp_relay::PendingConnect>,
+    /// RFC 6062 connection deadlines (Connect completion, ConnectionBind wait).
+    conn_timers: BinaryHeap<Reverse<(Instant, u32)>>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<RelayCommand>,
     base: (Instant, u64),
@@ -195,6 +215,8 @@ impl Engine {
             free_relays: Vec::new(),
             timers: BinaryHeap::new(),
             txn: TxnCache::new(4096),
+            pending_connects: HashMap::new(),
+            conn_timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             base: (now, unix_now),
@@ -232,7 +254,12 @@ impl Engine {
 
     /// The next instant at which [`Engine::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let a = self.timers.peek().map(|Reverse((t, _))| *t);
+        let c = self.conn_timers.peek().map(|Reverse((t, _))| *t);
+        match (a, c) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        }
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -388,7 +415,7 @@ impl Engine {
         let Some(a) = self.allocs[idx as usize].as_mut() else {
             return ClientAction::None;
         };
-        if peer.is_ipv4() != a.relay_addr.is_ipv4() || !a.has_permission(peer.ip(), now) {
+        if a.tcp || peer.is_ipv4() != a.relay_addr.is_ipv4() || !a.has_permission(peer.ip(), now) {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         }
@@ -511,25 +538,8 @@ impl Engine {
             method::REFRESH => self.refresh(now, &req, msg),
             method::CREATE_PERMISSION => self.create_permission(now, &req, msg),
             method::CHANNEL_BIND => self.channel_bind(now, &req, msg),
-            method::CONNECT | method::CONNECTION_BIND => {
-                // RFC 6062 §5.2: only meaningful on a TCP allocation, which a UDP-only
-                // server never has.
-                if let Some(a) = self.authenticate(now, &req, msg) {
-                    let code = if self.by_tuple.contains_key(&tuple) {
-                        400
-                    } else {
-                        437
-                    };
-                    self.error(
-                        now,
-                        &req,
-                        Some(&a),
-                        code,
-                        "TCP allocations are not enabled",
-                        false,
-                    );
-                }
-            }
+            method::CONNECT => self.connect(now, &req, msg),
+            method::CONNECTION_BIND => self.connection_bind(now, &req, msg),
             _ => self.error(now, &req, None, 400, "unknown method", false),
         }
     }
@@ -696,9 +706,19 @@ impl Engine {
             Some(v) if v.len() != 4 => {
                 return self.error(now, req, Some(&auth), 400, "bad REQUESTED-TRANSPORT", true)
             }
-            // 17 = UDP (RFC 8656 §18.7).
-            Some(v) if v[0] != 17 => return self.error(now, req, Some(&auth), 442, "", true),
+            // 17 = UDP (RFC 8656 §18.7), 6 = TCP (RFC 6062 §6.1).
+            Some(v) if v[0] != 17 && v[0] != 6 => {
+                return self.error(now, req, Some(&auth), 442, "", true)
+            }
             Some(_) => {}
+        }
+        let tcp = msg
+            .get(attr::REQUESTED_TRANSPORT)
+            .is_some_and(|v| v[0] == 6);
+        if tcp {
+            if let Some(why) = tcp_relay::tcp_allocate_error(&req.tuple, msg) {
+                return self.error(now, req, Some(&auth), 400, why, true);
+            }
         }
         let dont_fragment = msg.has(attr::DONT_FRAGMENT);
         let token = msg.get(attr::RESERVATION_TOKEN);
@@ -817,13 +837,15 @@ impl Engine {
             reservation,
             from_token,
             attempts: 1,
+            tcp,
         }));
         self.pending_by_tuple.insert(req.tuple, relay);
-        self.commands.push_back(RelayCommand::Bind {
+        self.commands.push_back(bind_command(
             relay,
-            addr: SocketAddr::new(bind_ip, port),
+            SocketAddr::new(bind_ip, port),
             dont_fragment,
-        });
+            tcp,
+        ));
     }
 
     /// The runtime's answer to [`RelayCommand::Bind`]: `Ok(local address)` or the bind error.
@@ -860,6 +882,8 @@ impl Engine {
                     to_peer_bytes: 0,
                     to_client_packets: 0,
                     to_client_bytes: 0,
+                    tcp: p.tcp,
+                    tcp_peers: Vec::new(),
                 };
                 let idx = match self.free_allocs.pop() {
                     Some(i) => {
@@ -919,12 +943,10 @@ impl Engine {
                         p.attempts += 1;
                         let addr = SocketAddr::new(p.bind_ip, port);
                         let dont_fragment = p.dont_fragment;
+                        let tcp = p.tcp;
                         self.relays[relay as usize] = RelaySlot::Pending(Box::new(p));
-                        self.commands.push_back(RelayCommand::Bind {
-                            relay,
-                            addr,
-                            dont_fragment,
-                        });
+                        self.commands
+                            .push_back(bind_command(relay, addr, dont_fragment, tcp));
                         return;
                     }
                 }
@@ -1059,6 +1081,17 @@ impl Engine {
         let Some(idx) = self.owned_allocation(now, req, &auth) else {
             return;
         };
+        if self.allocs[idx as usize].as_ref().is_some_and(|a| a.tcp) {
+            // RFC 6062 §5: data on a TCP allocation flows over connections, not channels.
+            return self.error(
+                now,
+                req,
+                Some(&auth),
+                400,
+                "ChannelBind on a TCP allocation",
+                true,
+            );
+        }
         let number = match msg.get(attr::CHANNEL_NUMBER) {
             Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
             _ => return self.error(now, req, Some(&auth), 400, "missing CHANNEL-NUMBER", true),
@@ -1118,6 +1151,7 @@ impl Engine {
                 self.delete_allocation(now, idx, "expired");
             }
         }
+        self.expire_connections(now);
         self.txn.expire(now);
     }
 
@@ -1161,6 +1195,18 @@ impl Engine {
             if self.allocs[idx as usize].is_some() {
                 self.delete_allocation(now, idx, "shutdown");
             }
+        }
+    }
+}
+
+fn bind_command(relay: RelayId, addr: SocketAddr, dont_fragment: bool, tcp: bool) -> RelayCommand {
+    if tcp {
+        RelayCommand::BindTcp { relay, addr }
+    } else {
+        RelayCommand::Bind {
+            relay,
+            addr,
+            dont_fragment,
         }
     }
 }

@@ -13,6 +13,10 @@ const MAX_RESERVATIONS: usize = 4096;
 
 pub struct Shared {
     ports: Mutex<PortPool>,
+    /// RFC 6062 peer connections waiting for ConnectionBind: id → (username, expiry). A data
+    /// connection may land on any shard, so this lives here (touched per connection, not packet).
+    connections: Mutex<HashMap<u32, (String, Instant)>>,
+    next_conn_id: AtomicU32,
     per_user: Mutex<HashMap<String, u32>>,
     total: AtomicU32,
     pub nonce_key: [u8; 32],
@@ -30,6 +34,9 @@ impl Shared {
     pub fn new(min_port: u16, max_port: u16, nonce_key: [u8; 32], seed: u64) -> Self {
         Shared {
             ports: Mutex::new(PortPool::new(min_port, max_port, seed)),
+            connections: Mutex::new(HashMap::new()),
+            // CONNECTION-IDs need only be unique; start somewhere unguessable.
+            next_conn_id: AtomicU32::new((seed >> 32) as u32 | 1),
             per_user: Mutex::new(HashMap::new()),
             total: AtomicU32::new(0),
             nonce_key,
@@ -104,6 +111,46 @@ impl Shared {
             if *n == 0 {
                 m.remove(user);
             }
+        }
+    }
+
+    pub fn next_connection_id(&self) -> u32 {
+        loop {
+            let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    pub fn register_connection(&self, id: u32, user: &str, expires: Instant) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (user.to_owned(), expires));
+    }
+
+    /// ConnectionBind: take the connection if it exists, has not expired and belongs to `user`.
+    pub fn claim_connection(&self, id: u32, user: &str, now: Instant) -> bool {
+        let mut m = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(&id) {
+            Some((u, exp)) if u == user && *exp > now => {
+                m.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drop an unclaimed connection whose time is up; true if it was still waiting.
+    pub fn expire_connection(&self, id: u32, now: Instant) -> bool {
+        let mut m = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(&id) {
+            Some((_, exp)) if *exp <= now => {
+                m.remove(&id);
+                true
+            }
+            _ => false,
         }
     }
 

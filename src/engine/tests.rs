@@ -435,6 +435,11 @@ impl Harness {
                     }
                 }
                 RelayCommand::Close { relay } => self.closes.push(relay),
+                RelayCommand::BindTcp { relay, addr } => self.answer_bind(relay, addr),
+                // RFC 6062 connections are driven by the tests in tests/tcp_relay.rs.
+                RelayCommand::Connect { .. }
+                | RelayCommand::Splice { .. }
+                | RelayCommand::DropPeer { .. } => {}
             }
         }
     }
@@ -1312,8 +1317,8 @@ fn second_allocate_on_same_five_tuple_gets_437() {
 
 #[test]
 fn allocate_requested_transport_checks() {
-    // RFC 8656 §7.2: REQUESTED-TRANSPORT missing or malformed → 400; not UDP → 442 (this
-    // server offers no TCP relays, RFC 6062).
+    // RFC 8656 §7.2: REQUESTED-TRANSPORT missing or malformed → 400; neither UDP nor TCP → 442;
+    // RFC 6062 §5.1: TCP asked for over a UDP client leg → 400.
     let mut h = Harness::new(cfg());
     let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
     let r = h.transact(&mut c, method::ALLOCATE, &|_| {});
@@ -1325,6 +1330,11 @@ fn allocate_requested_transport_checks() {
     .assert_err(method::ALLOCATE, 400);
     let r = h.transact(&mut c, method::ALLOCATE, &|w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    r.assert_err(method::ALLOCATE, 400);
+    c.assert_signed(&r);
+    let r = h.transact(&mut c, method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[132, 0, 0, 0]);
     });
     r.assert_err(method::ALLOCATE, 442);
     c.assert_signed(&r);

@@ -156,6 +156,7 @@ impl Server {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        let peer_streams: shard::PeerStreams = Default::default();
         let mut shards = Vec::with_capacity(n);
         for (i, listeners) in per_shard.into_iter().enumerate() {
             let engine = Engine::new(
@@ -165,7 +166,10 @@ impl Server {
                 unix_now,
                 random_u64(),
             );
-            shards.push(shard::spawn(i, engine, listeners, opts).map_err(StartError::Io)?);
+            shards.push(
+                shard::spawn(i, engine, listeners, opts, peer_streams.clone())
+                    .map_err(StartError::Io)?,
+            );
         }
         let cert_store = tls.map(|(store, _)| store);
         let watcher = cert_store.clone().map(spawn_cert_watcher);

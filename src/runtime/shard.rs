@@ -24,6 +24,10 @@ const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 const CONN_BASE: usize = 1 << 22;
 const RELAY_BASE: usize = 1 << 24;
+/// Tokens of outgoing RFC 6062 connections: CONNECT_BASE + CONNECTION-ID.
+const CONNECT_BASE: usize = 1 << 40;
+/// Bytes read per splice step; the partner's buffer must have this much room.
+const SPLICE_CHUNK: usize = 16 * 1024;
 /// Largest UDP payload (IPv4: 65535 - 20 - 8).
 const MAX_DATAGRAM: usize = 65_507;
 /// How often counters are published to the control thread.
@@ -82,6 +86,17 @@ pub enum ListenSocket {
     Tls(std::net::TcpListener, Arc<rustls::ServerConfig>),
 }
 
+/// RFC 6062 peer connections between ConnectionAttempt/Connect and ConnectionBind, shared by
+/// all shards (the data connection lands wherever the kernel's hash puts it). Touched once per
+/// connection, never per packet. Value: (stream, relay id, peer address).
+pub type PeerStreams = Arc<Mutex<HashMap<u32, (std::net::TcpStream, u32, SocketAddr)>>>;
+
+/// A relayed transport address: UDP (RFC 8656) or a TCP listener (RFC 6062).
+enum RelaySock {
+    Udp(UdpSocket),
+    Tcp(TcpListener),
+}
+
 enum Listener {
     Udp(UdpSocket, SocketAddr),
     Stream(TcpListener, SocketAddr, Option<Arc<rustls::ServerConfig>>),
@@ -97,6 +112,12 @@ struct Conn {
     /// Plain TCP: bytes accepted for sending but not yet written.
     wbuf: Vec<u8>,
     writable_interest: bool,
+    /// RFC 6062 splice: the connection whose bytes this one's are piped to and from.
+    partner: Option<usize>,
+    /// Set on the peer side of a splice: (relay id, peer address).
+    peer_of: Option<(u32, SocketAddr)>,
+    /// Reading paused until the partner drains its send buffer (backpressure).
+    paused: bool,
     /// A STUN message has been seen. ChannelData needs a channel bound by an earlier
     /// ChannelBind on this connection, so a stream that starts with anything else is not a
     /// TURN client (an HTTP "GET" even looks like channel 0x4745) and is closed.
@@ -110,7 +131,11 @@ struct Shard {
     conns: Vec<Option<Conn>>,
     free_conns: Vec<usize>,
     conn_by_tuple: HashMap<FiveTuple, usize>,
-    relays: Vec<Option<UdpSocket>>,
+    relays: Vec<Option<RelaySock>>,
+    /// RFC 6062: outgoing peer connections still in their TCP handshake, by CONNECTION-ID.
+    connecting: HashMap<u32, (TcpStream, u32, SocketAddr)>,
+    /// RFC 6062: peer connections waiting for a ConnectionBind, which may arrive on any shard.
+    peer_streams: PeerStreams,
     ctl: mpsc::Receiver<Control>,
     stats: Arc<Mutex<ShardStats>>,
     send_errors: u64,
@@ -128,6 +153,7 @@ pub fn spawn(
     engine: Engine,
     listeners: Vec<ListenSocket>,
     opts: SocketOptions,
+    peer_streams: PeerStreams,
 ) -> io::Result<ShardHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -158,6 +184,8 @@ pub fn spawn(
         free_conns: Vec::new(),
         conn_by_tuple: HashMap::new(),
         relays: Vec::new(),
+        connecting: HashMap::new(),
+        peer_streams,
         ctl: rx,
         stats: stats.clone(),
         send_errors: 0,
@@ -213,6 +241,9 @@ impl Shard {
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => self.drain_control(),
+                    Token(t) if t >= CONNECT_BASE => {
+                        self.connect_done((t - CONNECT_BASE) as u32, now)
+                    }
                     Token(t) if t >= RELAY_BASE => self.read_relay((t - RELAY_BASE) as u32, now),
                     Token(t) if t >= CONN_BASE => {
                         let ci = t - CONN_BASE;
@@ -295,7 +326,7 @@ impl Shard {
                     peer,
                     payload,
                 } => {
-                    if let Some(Some(rs)) = self.relays.get(relay as usize) {
+                    if let Some(Some(RelaySock::Udp(rs))) = self.relays.get(relay as usize) {
                         if rs.send_to(payload, peer).is_err() {
                             self.send_errors += 1;
                         }
@@ -377,6 +408,9 @@ impl Shard {
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
                 writable_interest: false,
+                partner: None,
+                peer_of: None,
+                paused: false,
                 stun_seen: false,
             });
         }
@@ -391,6 +425,13 @@ impl Shard {
     /// Read what a stream client sent, frame it into messages (RFC 8656 §12.5) and hand each
     /// to the engine. A stream that is not TURN, or that overflows its buffer, is closed.
     fn read_conn(&mut self, ci: usize, now: Instant) {
+        if let Some(Some(Conn {
+            partner: Some(p), ..
+        })) = self.conns.get(ci)
+        {
+            let p = *p;
+            return self.pump_splice(ci, p, now);
+        }
         let mut close = false;
         for _ in 0..READ_BUDGET {
             let Some(Some(c)) = self.conns.get_mut(ci) else {
@@ -462,6 +503,9 @@ impl Shard {
                     match framing::frame_len(&c.rbuf[off..], max_channel) {
                         Ok(Some(n)) => {
                             let frame = &c.rbuf[off..off + n];
+                            // RFC 6062 §5.4: after a ConnectionBind the stream may turn into
+                            // raw peer data; frame nothing more until the engine has answered.
+                            let bind = frame[..2] == [0x00, 0x0b];
                             if frame[0] < 4 {
                                 c.stun_seen = true;
                             } else if !c.stun_seen {
@@ -475,13 +519,18 @@ impl Shard {
                                 payload,
                             } = self.engine.handle_client(now, tuple, frame)
                             {
-                                if let Some(Some(rs)) = self.relays.get(relay as usize) {
+                                if let Some(Some(RelaySock::Udp(rs))) =
+                                    self.relays.get(relay as usize)
+                                {
                                     if rs.send_to(payload, peer).is_err() {
                                         self.send_errors += 1;
                                     }
                                 }
                             }
                             off += n;
+                            if bind {
+                                break;
+                            }
                         }
                         // Same rule before the frame is complete: do not wait for the 0x5420
                         // bytes that "GET / HTTP/1.1" announces.
@@ -542,6 +591,20 @@ impl Shard {
                 Interest::READABLE,
             );
         }
+        // Drained: a splice partner that stopped reading for us may go on (edge re-arm).
+        let partner = if pending { None } else { c.partner };
+        if let Some(pi) = partner {
+            if let Some(Some(pc)) = self.conns.get_mut(pi) {
+                if pc.paused {
+                    pc.paused = false;
+                    let _ = self.poll.registry().reregister(
+                        &mut pc.sock,
+                        Token(CONN_BASE + pi),
+                        Interest::READABLE,
+                    );
+                }
+            }
+        }
     }
 
     /// Queue one message for a stream client; drops it (counted) if the client is not reading.
@@ -557,18 +620,30 @@ impl Shard {
         let Some(mut c) = self.conns.get_mut(ci).and_then(Option::take) else {
             return;
         };
+        let _ = flush_conn(&mut c);
         let _ = self.poll.registry().deregister(&mut c.sock);
-        self.conn_by_tuple.remove(&c.tuple);
         self.free_conns.push(ci);
-        // RFC 8656 §3.1 / §7: an allocation made over a TCP or TLS connection ends with it.
-        self.engine.on_client_closed(now, c.tuple);
+        if let Some((relay, peer)) = c.peer_of {
+            self.engine.on_peer_tcp_closed(relay, peer);
+        } else {
+            self.conn_by_tuple.remove(&c.tuple);
+            // RFC 8656 §3.1 / §7: an allocation made over a TCP or TLS connection ends with it.
+            self.engine.on_client_closed(now, c.tuple);
+        }
+        // RFC 6062: the two halves of a splice live and die together.
+        if let Some(p) = c.partner {
+            self.close_conn(p, now);
+        }
         self.flush(now);
     }
 
     /// Peer datagrams: received behind PEER_HEADROOM so the engine can frame them in place.
     fn read_relay(&mut self, relay: u32, now: Instant) {
+        if let Some(Some(RelaySock::Tcp(_))) = self.relays.get(relay as usize) {
+            return self.accept_peer(relay, now);
+        }
         for _ in 0..READ_BUDGET {
-            let Some(Some(rs)) = self.relays.get(relay as usize) else {
+            let Some(Some(RelaySock::Udp(rs))) = self.relays.get(relay as usize) else {
                 return;
             };
             let end = PEER_HEADROOM + MAX_DATAGRAM;
@@ -604,7 +679,7 @@ impl Shard {
                 }
             }
         }
-        if let Some(Some(rs)) = self.relays.get_mut(relay as usize) {
+        if let Some(Some(RelaySock::Udp(rs))) = self.relays.get_mut(relay as usize) {
             let _ = self.poll.registry().reregister(
                 rs,
                 Token(RELAY_BASE + relay as usize),
@@ -630,10 +705,39 @@ impl Shard {
                     }
                     RelayCommand::Close { relay } => {
                         if let Some(slot) = self.relays.get_mut(relay as usize) {
-                            if let Some(mut s) = slot.take() {
-                                let _ = self.poll.registry().deregister(&mut s);
+                            match slot.take() {
+                                Some(RelaySock::Udp(mut s)) => {
+                                    let _ = self.poll.registry().deregister(&mut s);
+                                }
+                                Some(RelaySock::Tcp(mut s)) => {
+                                    let _ = self.poll.registry().deregister(&mut s);
+                                }
+                                None => {}
                             }
                         }
+                    }
+                    RelayCommand::BindTcp { relay, addr } => {
+                        let r = self.bind_tcp_relay(relay, addr);
+                        self.engine.on_relay_bound(now, relay, r);
+                    }
+                    RelayCommand::Connect {
+                        relay,
+                        conn_id,
+                        peer,
+                    } => {
+                        if let Err(e) = self.start_connect(relay, conn_id, peer) {
+                            self.engine.on_tcp_connected(now, conn_id, Err(e.kind()));
+                        }
+                    }
+                    RelayCommand::Splice { tuple, conn_id } => self.splice(tuple, conn_id, now),
+                    RelayCommand::DropPeer { conn_id } => {
+                        if let Some((mut s, _, _)) = self.connecting.remove(&conn_id) {
+                            let _ = self.poll.registry().deregister(&mut s);
+                        }
+                        self.peer_streams
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&conn_id);
                     }
                 }
             }
@@ -681,8 +785,250 @@ impl Shard {
         if self.relays.len() <= i {
             self.relays.resize_with(i + 1, || None);
         }
-        self.relays[i] = Some(s);
+        self.relays[i] = Some(RelaySock::Udp(s));
         Ok(local)
+    }
+
+    fn bind_tcp_relay(
+        &mut self,
+        relay: u32,
+        addr: SocketAddr,
+    ) -> Result<SocketAddr, io::ErrorKind> {
+        let std = super::sockets::bind_tcp_relay_listener(addr).map_err(|e| e.kind())?;
+        let local = std.local_addr().map_err(|e| e.kind())?;
+        let mut s = TcpListener::from_std(std);
+        self.poll
+            .registry()
+            .register(
+                &mut s,
+                Token(RELAY_BASE + relay as usize),
+                Interest::READABLE,
+            )
+            .map_err(|e| e.kind())?;
+        let i = relay as usize;
+        if self.relays.len() <= i {
+            self.relays.resize_with(i + 1, || None);
+        }
+        self.relays[i] = Some(RelaySock::Tcp(s));
+        Ok(local)
+    }
+
+    /// RFC 6062 §5.3: a peer connects to a TCP relayed address.
+    fn accept_peer(&mut self, relay: u32, now: Instant) {
+        for _ in 0..READ_BUDGET {
+            let Some(Some(RelaySock::Tcp(l))) = self.relays.get(relay as usize) else {
+                return;
+            };
+            let (s, peer) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.recv_errors += 1;
+                    break;
+                }
+            };
+            if let Some(id) = self.engine.on_peer_tcp_accepted(now, relay, peer) {
+                let std = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
+                self.peer_streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, (std, relay, peer));
+            }
+            self.flush(now);
+        }
+        if let Some(Some(RelaySock::Tcp(l))) = self.relays.get_mut(relay as usize) {
+            let _ = self.poll.registry().reregister(
+                l,
+                Token(RELAY_BASE + relay as usize),
+                Interest::READABLE,
+            );
+        }
+    }
+
+    /// RFC 6062 §5.2: connect from the relayed address to the peer, without blocking.
+    fn start_connect(&mut self, relay: u32, conn_id: u32, peer: SocketAddr) -> io::Result<()> {
+        let Some(Some(RelaySock::Tcp(l))) = self.relays.get(relay as usize) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        let from = l.local_addr()?;
+        let std = super::sockets::connect_from(from, peer)?;
+        let mut s = TcpStream::from_std(std);
+        self.poll.registry().register(
+            &mut s,
+            Token(CONNECT_BASE + conn_id as usize),
+            Interest::WRITABLE,
+        )?;
+        self.connecting.insert(conn_id, (s, relay, peer));
+        Ok(())
+    }
+
+    /// The outgoing connection `conn_id` finished its handshake, one way or the other.
+    fn connect_done(&mut self, conn_id: u32, now: Instant) {
+        let Some((mut s, relay, peer)) = self.connecting.remove(&conn_id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut s);
+        let result = match s.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e.kind()),
+            Ok(None) => s.peer_addr().map(|_| ()).map_err(|e| e.kind()),
+        };
+        if result.is_ok() {
+            let std = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
+            self.peer_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(conn_id, (std, relay, peer));
+        } else if result == Err(io::ErrorKind::NotConnected) {
+            // Spurious wake-up before the handshake finished: keep waiting.
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut s,
+                    Token(CONNECT_BASE + conn_id as usize),
+                    Interest::WRITABLE,
+                )
+                .is_ok()
+            {
+                self.connecting.insert(conn_id, (s, relay, peer));
+                return;
+            }
+        }
+        self.engine.on_tcp_connected(now, conn_id, result);
+        self.flush(now);
+    }
+
+    /// RFC 6062 §5.4: join the client's data connection `tuple` with peer connection `conn_id`.
+    fn splice(&mut self, tuple: FiveTuple, conn_id: u32, now: Instant) {
+        let Some(&ci) = self.conn_by_tuple.get(&tuple) else {
+            return;
+        };
+        let entry = self
+            .peer_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&conn_id);
+        let Some((std, relay, peer)) = entry else {
+            // Claimed but gone (expired in between): nothing to pipe to.
+            return self.close_conn(ci, now);
+        };
+        if std.set_nonblocking(true).is_err() {
+            return self.close_conn(ci, now);
+        }
+        let server = std.local_addr().unwrap_or(tuple.server);
+        let mut sock = TcpStream::from_std(std);
+        let pi = match self.free_conns.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, Token(CONN_BASE + pi), Interest::READABLE)
+            .is_err()
+        {
+            self.free_conns.push(pi);
+            return self.close_conn(ci, now);
+        }
+        // Bytes the client sent after its ConnectionBind already belong to the peer.
+        let leftover = match self.conns.get_mut(ci) {
+            Some(Some(c)) => {
+                c.partner = Some(pi);
+                std::mem::take(&mut c.rbuf)
+            }
+            _ => Vec::new(),
+        };
+        self.conns[pi] = Some(Conn {
+            sock,
+            tuple: FiveTuple {
+                client: peer,
+                server,
+                transport: Transport::Tcp,
+            },
+            tls: None,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            writable_interest: false,
+            partner: Some(ci),
+            peer_of: Some((relay, peer)),
+            paused: false,
+            stun_seen: true,
+        });
+        if !leftover.is_empty() {
+            self.send_stream(pi, &leftover);
+        }
+    }
+
+    /// Spliced connection: move bytes to the partner, as long as the partner keeps up.
+    fn pump_splice(&mut self, ci: usize, partner: usize, now: Instant) {
+        for _ in 0..READ_BUDGET {
+            let partner_busy = match self.conns.get(partner) {
+                Some(Some(p)) => match &p.tls {
+                    Some(t) => t.wants_write(),
+                    None => p.wbuf.len() + SPLICE_CHUNK > MAX_STREAM_WBUF,
+                },
+                _ => return self.close_conn(ci, now),
+            };
+            let Some(Some(c)) = self.conns.get_mut(ci) else {
+                return;
+            };
+            if partner_busy {
+                c.paused = true;
+                return;
+            }
+            let mut close = false;
+            let mut n = 0;
+            match &mut c.tls {
+                None => match c.sock.read(&mut self.buf[..SPLICE_CHUNK]) {
+                    Ok(0) => close = true,
+                    Ok(k) => n = k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => close = true,
+                },
+                Some(tls) => match tls.reader().read(&mut self.buf[..SPLICE_CHUNK]) {
+                    Ok(0) => close = true,
+                    Ok(k) => n = k,
+                    Err(_) => match tls.read_tls(&mut c.sock) {
+                        Ok(0) => close = true,
+                        Ok(_) => {
+                            if tls.process_new_packets().is_err() {
+                                close = true;
+                            } else {
+                                continue;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(_) => close = true,
+                    },
+                },
+            }
+            if close {
+                return self.close_conn(ci, now);
+            }
+            if n > 0 {
+                if let Some(Some(p)) = self.conns.get_mut(partner) {
+                    if !queue_stream(p, self.poll.registry(), partner, &self.buf[..n]) {
+                        self.stream_drops += 1;
+                    }
+                }
+            }
+        }
+        // Budget spent: re-arm so the rest is read on the next turn.
+        if let Some(Some(c)) = self.conns.get_mut(ci) {
+            let interest = if c.writable_interest {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut c.sock, Token(CONN_BASE + ci), interest);
+        }
     }
 }
 

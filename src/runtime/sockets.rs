@@ -88,6 +88,39 @@ pub fn bind_tcp_listener_group(addr: SocketAddr, n: usize) -> io::Result<Vec<Tcp
     Ok(out)
 }
 
+/// RFC 6062: the TCP relayed transport address. SO_REUSEADDR and SO_REUSEPORT because Connect
+/// opens outgoing connections from this same address (§5.2), which Linux only allows when both
+/// sockets set them. Our port pool keeps other allocations off the port.
+pub fn bind_tcp_relay_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = tcp_socket(addr)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s.into())
+}
+
+/// RFC 6062 §5.2: a non-blocking connect to `peer` from the relayed address `from`.
+pub fn connect_from(from: SocketAddr, peer: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let s = tcp_socket(from)?;
+    s.bind(&from.into())?;
+    match s.connect(&peer.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}
+
+fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
 /// A relay socket on `addr`. No SO_REUSEPORT: a port held by anything else must fail, so the
 /// engine picks another. DONT-FRAGMENT (RFC 8656 §14.8) maps to IP_MTU_DISCOVER = IP_PMTUDISC_DO.
 pub fn bind_relay_socket(
