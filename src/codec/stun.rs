@@ -98,6 +98,7 @@ pub mod attr {
         RESERVATION_TOKEN,
         PRIORITY,
         USE_CANDIDATE,
+        CONNECTION_ID,
     ];
 }
 

@@ -122,32 +122,31 @@ impl Auth {
         &self.realm
     }
 
-    /// HMAC(key, expiry || client IP || client port). RFC 8489 §9.2.4: the server MUST NOT
-    /// choose the same NONCE for two requests unless they have the same source IP and port.
-    fn nonce_mac(&self, expiry: u64, client: SocketAddr) -> Hmac<Sha256> {
+    /// HMAC(key, expiry:salt || client IP). The IP, not the port: an RFC 6062 client reuses
+    /// its control connection's nonce on its data connections, which come from other ports.
+    /// The random salt keeps nonces distinct per challenge (RFC 8489 §9.2.4: never the same
+    /// NONCE for requests from different transport addresses).
+    fn nonce_mac(&self, stamp: u64, client: SocketAddr) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.nonce_key).expect("any key");
-        mac.update(&expiry.to_be_bytes());
+        mac.update(&stamp.to_be_bytes());
         match client.ip() {
             IpAddr::V4(v4) => mac.update(&v4.octets()),
             IpAddr::V6(v6) => mac.update(&v6.octets()),
         }
-        mac.update(&client.port().to_be_bytes());
         mac
     }
 
     /// A stateless nonce: cookie + features + hex(expiry) + hex(HMAC(key, expiry || client
     /// transport address)). Nothing is stored per client; any shard can verify it.
-    pub fn make_nonce(&self, client: SocketAddr, unix_now: u64) -> String {
+    pub fn make_nonce(&self, client: SocketAddr, unix_now: u64, salt: u32) -> String {
         let expiry = unix_now + self.nonce_lifetime;
-        let tag: [u8; 32] = self
-            .nonce_mac(expiry, client)
-            .finalize()
-            .into_bytes()
-            .into();
+        // 40 bits of expiry (Unix seconds), 24 bits of salt.
+        let stamp = (expiry << 24) | u64::from(salt & 0x00ff_ffff);
+        let tag: [u8; 32] = self.nonce_mac(stamp, client).finalize().into_bytes().into();
         let mut s = String::with_capacity(64);
         s.push_str(NONCE_COOKIE);
         s.push_str(NONCE_FEATURES);
-        s.push_str(&format!("{expiry:016x}"));
+        s.push_str(&format!("{stamp:016x}"));
         for b in &tag[..NONCE_TAG_LEN] {
             s.push_str(&format!("{b:02x}"));
         }
@@ -161,9 +160,10 @@ impl Auth {
         {
             return false;
         }
-        let Some(expiry) = parse_hex_u64(&nonce[prefix..prefix + 16]) else {
+        let Some(stamp) = parse_hex_u64(&nonce[prefix..prefix + 16]) else {
             return false;
         };
+        let expiry = stamp >> 24;
         let mut claimed = [0u8; NONCE_TAG_LEN];
         for (i, c) in claimed.iter_mut().enumerate() {
             let o = prefix + 16 + 2 * i;
@@ -172,7 +172,7 @@ impl Auth {
                 None => return false,
             }
         }
-        self.nonce_mac(expiry, client)
+        self.nonce_mac(stamp, client)
             .verify_truncated_left(&claimed)
             .is_ok()
             && expiry > unix_now
@@ -334,14 +334,20 @@ mod tests {
         let cfg = EngineConfig::default();
         let a = Auth::new(&cfg, [7; 32]);
         let ip: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-        let n = a.make_nonce(ip, 1000);
+        let n = a.make_nonce(ip, 1000, 7);
+        assert_ne!(
+            n,
+            a.make_nonce(ip, 1000, 8),
+            "salted: distinct per challenge"
+        );
         assert!(n.starts_with("obMatJos2wAAA"));
         assert!(n.len() < 128);
         assert!(a.nonce_valid(n.as_bytes(), ip, 1000));
         assert!(a.nonce_valid(n.as_bytes(), ip, 1000 + 599));
         assert!(!a.nonce_valid(n.as_bytes(), ip, 1000 + 600));
         assert!(!a.nonce_valid(n.as_bytes(), "192.0.2.2:5000".parse().unwrap(), 1000));
-        assert!(!a.nonce_valid(n.as_bytes(), "192.0.2.1:5001".parse().unwrap(), 1000));
+        // Valid from another port of the same IP (RFC 6062 data connections reuse it).
+        assert!(a.nonce_valid(n.as_bytes(), "192.0.2.1:5001".parse().unwrap(), 1000));
         let mut bad = n.clone().into_bytes();
         let l = bad.len() - 1;
         bad[l] = if bad[l] == b'0' { b'1' } else { b'0' };

@@ -606,7 +606,8 @@ impl Engine {
 
     /// 401/438 carry REALM, a fresh NONCE and the PASSWORD-ALGORITHMS we accept (RFC 8489 §9.2.4).
     fn challenge(&mut self, now: Instant, req: &Req, code: u16) {
-        let nonce = self.auth.make_nonce(req.tuple.client, self.unix(now));
+        let salt = self.next_rand() as u32;
+        let nonce = self.auth.make_nonce(req.tuple.client, self.unix(now), salt);
         let realm = self.auth.realm().to_owned();
         self.respond(now, req, Class::Error, None, false, |w| {
             w.error_code(code, stun::reason(code))

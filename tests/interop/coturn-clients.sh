@@ -7,6 +7,7 @@
 #   turnutils_uclient -W  - TURN REST API credentials (shared secret)
 #   turnutils_uclient -t  - TCP client leg;  -t -S: TLS client leg (self-signed test certificate)
 #   turnutils_uclient -x  - IPv6 over [::1]: IPv6 client leg, IPv6 relayed address, IPv6 peer
+#   turnutils_uclient -T  - RFC 6062 TCP relay (Connect, ConnectionAttempt, ConnectionBind), TCP and TLS
 # Every run must report 0 lost packets. Loopback only; kills only the PIDs it started.
 #
 # Usage: tests/interop/coturn-clients.sh [path/to/ferroturn]   (default: target/release/ferroturn)
@@ -87,6 +88,9 @@ run_uclient tcp-1000B-5x200 -t -c -m 5 -n 200 -l 1000 -z 10 -e 127.0.0.1 -r "$PE
 echo "== TLS client leg (-t -S) on port $TLS_PORT"
 UCLIENT_PORT=$TLS_PORT run_uclient tls-channeldata-10x300 -t -S -c -m 10 -n 300 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
 UCLIENT_PORT=$TLS_PORT run_uclient tls-send-indication-5x300 -t -S -s -c -m 5 -n 300 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
+echo "== RFC 6062 TCP allocations (-T: client-to-client over TCP relayed addresses)"
+run_uclient tcp-relay-4x200 -T -m 4 -n 200 -l 100 -z 10
+UCLIENT_PORT=$TLS_PORT run_uclient tcp-relay-tls-4x200 -T -S -m 4 -n 200 -l 100 -z 10
 echo "== IPv6: client, relayed address and peer on [::1] (-x)"
 SERVER_ADDR=::1 run_uclient ipv6-udp-channeldata-5x300 -x -c -m 5 -n 300 -l 100 -z 10 -e ::1 -r "$PEER_PORT"
 SERVER_ADDR=::1 run_uclient ipv6-tcp-send-5x300 -x -t -s -c -m 5 -n 300 -l 100 -z 10 -e ::1 -r "$PEER_PORT"
