@@ -61,6 +61,9 @@ pub mod attr {
     pub const CONNECTION_ID: u16 = 0x002A;
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
     pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+    /// The code point of ADDITIONAL-ADDRESS-FAMILY in draft-ietf-tram-turnbis, still sent by
+    /// coturn's clients; accepted as an alias.
+    pub const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
     pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
     pub const ALTERNATE_DOMAIN: u16 = 0x8003;
     pub const ICMP: u16 = 0x8004;
@@ -437,6 +440,12 @@ pub fn decode_error_code(v: &[u8]) -> Option<(u16, &str)> {
     Some((code, std::str::from_utf8(&v[4..]).unwrap_or("")))
 }
 
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.12) → (family, code, reason).
+pub fn decode_address_error_code(v: &[u8]) -> Option<(u8, u16, &str)> {
+    let (code, reason) = decode_error_code(v)?;
+    Some((v[0], code, reason))
+}
+
 // ---------------------------------------------------------------- writer
 
 /// Appends one STUN message to a reusable buffer. The length field is kept current, so
@@ -531,6 +540,17 @@ impl<'b> Writer<'b> {
         let reason = &reason.as_bytes()[..reason.len().min(763)];
         self.attr_with(attr::ERROR_CODE, 4 + reason.len(), |b| {
             b.extend_from_slice(&[0, 0, (code / 100) as u8, (code % 100) as u8]);
+            b.extend_from_slice(reason);
+        })
+    }
+
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12): why one family of a dual allocation was not
+    /// allocated. Family (0x01 IPv4, 0x02 IPv6), 13 reserved bits, class and number as in
+    /// ERROR-CODE, reason phrase.
+    pub fn address_error_code(&mut self, family: u8, code: u16, reason: &str) -> &mut Self {
+        let reason = &reason.as_bytes()[..reason.len().min(763)];
+        self.attr_with(attr::ADDRESS_ERROR_CODE, 4 + reason.len(), |b| {
+            b.extend_from_slice(&[family, 0, (code / 100) as u8, (code % 100) as u8]);
             b.extend_from_slice(reason);
         })
     }
@@ -880,6 +900,24 @@ mod tests {
             );
             assert_eq!(decode_addr(m.get(attr::MAPPED_ADDRESS).unwrap()), Some(a));
         }
+    }
+
+    #[test]
+    fn address_error_code_layout() {
+        // RFC 8656 §18.12: Family (8 bits), Reserved (13), Class (3), Number (8), reason.
+        let mut buf = Vec::new();
+        Writer::new(&mut buf, method::ALLOCATE, Class::Success, &[3; 12]).address_error_code(
+            2,
+            440,
+            "Address Family not Supported",
+        );
+        let m = Message::parse(&buf).unwrap();
+        let v = m.get(attr::ADDRESS_ERROR_CODE).unwrap();
+        assert_eq!(&v[..4], &[2, 0, 4, 40]);
+        assert_eq!(
+            decode_address_error_code(v),
+            Some((2, 440, "Address Family not Supported"))
+        );
     }
 
     #[test]

@@ -1,6 +1,11 @@
-//! One TURN allocation (RFC 8656 §2.2): relayed transport address, owner, lifetime, permissions
-//! (§9) and channel bindings (§11). Small vectors, scanned linearly: a real client has a
-//! handful of each, and the caps bound memory per client.
+//! One TURN allocation (RFC 8656 §2): relayed transport address(es), owner, lifetime,
+//! permissions (§9) and channel bindings (§12). Small vectors, scanned linearly: a real client
+//! has a handful of each, and the caps bound memory per client.
+//!
+//! A dual allocation (RFC 8656 §7.2, ADDITIONAL-ADDRESS-FAMILY) has one relayed transport
+//! address per address family, each with its own relay socket and its own time-to-expiry
+//! (§8.1: a Refresh with REQUESTED-ADDRESS-FAMILY refreshes or deletes one family only).
+//! Permissions and channels name a peer IP, so they belong to the relay of that IP's family.
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -29,17 +34,44 @@ pub struct Channel {
     pub expires: Instant,
 }
 
+/// Index of the IPv4 relay in [`Allocation::relays`].
+pub const V4: usize = 0;
+/// Index of the IPv6 relay in [`Allocation::relays`].
+pub const V6: usize = 1;
+
+/// [`V4`] or [`V6`]: the relay that serves a peer at `ip`.
+#[inline]
+pub fn family(ip: IpAddr) -> usize {
+    if ip.is_ipv4() {
+        V4
+    } else {
+        V6
+    }
+}
+
+/// One relayed transport address of an allocation and the socket behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Relay {
+    /// The relay socket (runtime id).
+    pub id: RelayId,
+    /// Address advertised in XOR-RELAYED-ADDRESS (external IP when configured).
+    pub addr: SocketAddr,
+    /// The port taken from the shared pool, given back when this relay is closed.
+    pub port: u16,
+    /// Time-to-expiry of this relayed address (RFC 8656 §8.2).
+    pub expires: Instant,
+}
+
 #[derive(Debug)]
 pub struct Allocation {
     pub tuple: FiveTuple,
     pub username: String,
     pub key: Key,
     pub kind: IntegrityKind,
-    pub relay: RelayId,
-    /// Address advertised in XOR-RELAYED-ADDRESS (external IP when configured).
-    pub relay_addr: SocketAddr,
-    pub port: u16,
-    pub expires: Instant,
+    /// Relayed transport addresses by family, `[IPv4, IPv6]` ([`V4`], [`V6`]): one for a plain
+    /// allocation, two for a dual one. Never both `None` (the last one going deletes the
+    /// allocation).
+    pub relays: [Option<Relay>; 2],
     pub created: Instant,
     pub permissions: Vec<Permission>,
     pub channels: Vec<Channel>,
@@ -54,6 +86,25 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// The relay of `ip`'s family, if the allocation has one.
+    #[inline]
+    pub fn relay_for(&self, ip: IpAddr) -> Option<&Relay> {
+        self.relays[family(ip)].as_ref()
+    }
+
+    /// When the last of its relayed addresses expires.
+    pub fn expires(&self) -> Option<Instant> {
+        self.relays.iter().flatten().map(|r| r.expires).max()
+    }
+
+    /// RFC 8656 §8.1: deleting the relayed address of one family "destroys any permissions or
+    /// channels associated with that particular allocation; it MUST NOT affect any permissions
+    /// or channels associated with allocations for the other address family".
+    pub fn forget_family(&mut self, fam: usize) {
+        self.permissions.retain(|p| family(p.ip) != fam);
+        self.channels.retain(|c| family(c.peer.ip()) != fam);
+    }
+
     #[inline]
     pub fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions

@@ -33,7 +33,7 @@ use crate::codec::stun::{
     self, attr, decode_type, decode_u32, decode_xor_addr, method, Class, IntegrityKind, Message,
     ParseError, Writer,
 };
-use allocation::{desired_lifetime, Allocation};
+use allocation::{desired_lifetime, Allocation, Relay, V4, V6};
 use auth::{Auth, AuthError, Authenticated, Key};
 use shared::{QuotaError, Shared};
 use txn_cache::TxnCache;
@@ -138,25 +138,50 @@ pub struct Stats {
     pub peers_denied: u64,
 }
 
+/// An Allocate waiting for its relay socket(s) to be bound: one, or two for a dual allocation
+/// (RFC 8656 §7.2). The response goes out once every socket is bound or given up on.
 struct PendingAllocate {
     req: Req,
     auth: Authenticated,
     lifetime: Duration,
-    port: u16,
-    bind_ip: IpAddr,
-    external_ip: IpAddr,
     dont_fragment: bool,
-    even: bool,
     reserve_next: bool,
     reservation: Option<u64>,
     from_token: bool,
-    attempts: u8,
+    /// The relay sockets being bound, by family ([`V4`], [`V6`]).
+    legs: [Option<PendingRelay>; 2],
+    /// ADDRESS-ERROR-CODE per family (RFC 8656 §7.2 step 9, §18.12): the code (440 or 508) for
+    /// a family a dual Allocate asked for and does not get.
+    refused: [Option<u16>; 2],
+    /// RFC 6062 TCP allocation.
     tcp: bool,
+}
+
+/// One relay socket of a [`PendingAllocate`].
+struct PendingRelay {
+    relay: RelayId,
+    port: u16,
+    bind_ip: IpAddr,
+    external_ip: IpAddr,
+    even: bool,
+    attempts: u8,
+    state: LegState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LegState {
+    Binding,
+    Bound(SocketAddr),
+    Failed,
 }
 
 enum RelaySlot {
     Free,
+    /// The first relay socket of a pending Allocate; owns its state.
     Pending(Box<PendingAllocate>),
+    /// The second relay socket of a pending dual Allocate, whose state the `Pending` slot of
+    /// this relay id owns.
+    PendingWith(RelayId),
     Active(u32),
 }
 
@@ -321,16 +346,21 @@ impl Engine {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         };
-        if !a.has_permission(peer.ip(), now) {
-            self.stats.dropped_no_permission += 1;
-            return ClientAction::None;
-        }
+        // The relay of the peer's family (RFC 8656 §7.2 dual allocation: IPv4 peers through
+        // the IPv4 relay, IPv6 peers through the IPv6 one).
+        let relay = match a.relay_for(peer.ip()) {
+            Some(r) if a.has_permission(peer.ip(), now) => r.id,
+            _ => {
+                self.stats.dropped_no_permission += 1;
+                return ClientAction::None;
+            }
+        };
         a.to_peer_packets += 1;
         a.to_peer_bytes += payload.len() as u64;
         self.stats.packets_to_peer += 1;
         self.stats.bytes_to_peer += payload.len() as u64;
         ClientAction::ToPeer {
-            relay: a.relay,
+            relay,
             peer,
             payload,
         }
@@ -415,10 +445,19 @@ impl Engine {
         let Some(a) = self.allocs[idx as usize].as_mut() else {
             return ClientAction::None;
         };
-        if a.tcp || peer.is_ipv4() != a.relay_addr.is_ipv4() || !a.has_permission(peer.ip(), now) {
+        if a.tcp {
+            // RFC 6062: a TCP allocation carries data over connections only.
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         }
+        // §11.2: sent from the relayed address of the peer's family, if the allocation has one.
+        let relay = match a.relay_for(peer.ip()) {
+            Some(r) if a.has_permission(peer.ip(), now) => r.id,
+            _ => {
+                self.stats.dropped_no_permission += 1;
+                return ClientAction::None;
+            }
+        };
         // CreatePermission may have been checked without a port (port 0): the port matters for
         // the server's own addresses, so check the full address here.
         if self.cfg.peer_filter.check(peer).is_err() {
@@ -430,7 +469,7 @@ impl Engine {
         self.stats.packets_to_peer += 1;
         self.stats.bytes_to_peer += payload.len() as u64;
         ClientAction::ToPeer {
-            relay: a.relay,
+            relay,
             peer,
             payload,
         }
@@ -681,7 +720,8 @@ impl Engine {
         Some(idx)
     }
 
-    /// RFC 8656 §7.2.
+    /// RFC 8656 §7.2, including dual allocations (ADDITIONAL-ADDRESS-FAMILY, step 9): one
+    /// relay socket per family, one 5-tuple, one quota unit, one port per relay.
     fn allocate(&mut self, now: Instant, req: &Req, msg: &Message) {
         let Some(auth) = self.authenticate(now, req, msg) else {
             return;
@@ -725,11 +765,13 @@ impl Engine {
         let token = msg.get(attr::RESERVATION_TOKEN);
         let even = msg.get(attr::EVEN_PORT);
         let family = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
+        // coturn's clients (turnutils_uclient -Z) still send the pre-RFC code point 0x8032.
+        let additional = msg
+            .get(attr::ADDITIONAL_ADDRESS_FAMILY)
+            .or_else(|| msg.get(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT));
         // RFC 8656 §7.2 step 5, RFC 6156 §4.2: a token excludes EVEN-PORT and the
         // REQUESTED- and ADDITIONAL-ADDRESS-FAMILY attributes.
-        if token.is_some()
-            && (even.is_some() || family.is_some() || msg.has(attr::ADDITIONAL_ADDRESS_FAMILY))
-        {
+        if token.is_some() && (even.is_some() || family.is_some() || additional.is_some()) {
             return self.error(
                 now,
                 req,
@@ -739,7 +781,7 @@ impl Engine {
                 true,
             );
         }
-        if family.is_some() && msg.has(attr::ADDITIONAL_ADDRESS_FAMILY) {
+        if family.is_some() && additional.is_some() {
             return self.error(
                 now,
                 req,
@@ -760,6 +802,8 @@ impl Engine {
         } else {
             (self.cfg.relay_ip_v4, self.cfg.external_ip_v4)
         };
+        // Step 7: the requested family, or IPv4 when REQUESTED-ADDRESS-FAMILY is absent (also in
+        // a dual Allocate, step 6), must be supported → else 440.
         let Some(bind_ip) = bind_ip else {
             return self.error(now, req, Some(&auth), 440, "", true);
         };
@@ -768,6 +812,31 @@ impl Engine {
             None => (false, false),
             Some([flags, ..]) => (true, flags & 0x80 != 0),
             Some(_) => return self.error(now, req, Some(&auth), 400, "bad EVEN-PORT", true),
+        };
+        // Steps 8 and 9: ADDITIONAL-ADDRESS-FAMILY IPv6 asks for a dual allocation (an IPv4 and
+        // an IPv6 relayed address); any other value → 400, and so does EVEN-PORT with R set.
+        let dual = match additional {
+            None => false,
+            Some([2, ..]) => true,
+            Some(_) => {
+                let why = "ADDITIONAL-ADDRESS-FAMILY other than IPv6";
+                return self.error(now, req, Some(&auth), 400, why, true);
+            }
+        };
+        if dual && reserve_next {
+            let why = "EVEN-PORT with R and ADDITIONAL-ADDRESS-FAMILY";
+            return self.error(now, req, Some(&auth), 400, why, true);
+        }
+        // Step 9: a dual Allocate the server can only partly meet succeeds with the family it
+        // can allocate and ADDRESS-ERROR-CODE for the other: 440 without an IPv6 relay address.
+        let mut refused = [None; 2];
+        let second = match (dual, self.cfg.relay_ip_v6) {
+            (false, _) => None,
+            (true, Some(ip)) => Some((ip, self.cfg.external_ip_v6.unwrap_or(ip))),
+            (true, None) => {
+                refused[V6] = Some(440);
+                None
+            }
         };
         match self
             .shared
@@ -788,7 +857,7 @@ impl Engine {
                 .ok()
                 .and_then(|t| self.shared.redeem(u64::from_be_bytes(t), now));
             match port {
-                Some(p) => (p, None, true),
+                Some(p) => (Some(p), None, true),
                 None => {
                     self.shared.release_quota(&auth.username);
                     return self.error(
@@ -803,14 +872,31 @@ impl Engine {
             }
         } else {
             match self.shared.take_port(even, reserve_next, now) {
-                Some((p, tok)) => (p, tok, false),
-                None => {
-                    self.shared.release_quota(&auth.username);
-                    info!(event = "capacity", client = %req.tuple.client, "relay port range exhausted");
-                    return self.error(now, req, Some(&auth), 508, "", true);
-                }
+                Some((p, tok)) => (Some(p), tok, false),
+                None => (None, None, false),
             }
         };
+        // The IPv6 relay of a dual allocation has a port of its own: relay ports are one pool
+        // across families, and each relay gives its port back when it goes (§8.1 lets a
+        // Refresh delete one family). EVEN-PORT (R = 0: R is refused above) applies to the IPv4
+        // relayed address only: §7.2 asks for "a relayed transport address with an even port
+        // number" and does not say which of the two.
+        let second_port =
+            second.and_then(|_| self.shared.take_port(false, false, now).map(|(p, _)| p));
+        if dual {
+            // Step 9: 508 for a family without a free port, if the other one has one.
+            if port.is_none() {
+                refused[V4] = Some(508);
+            }
+            if second.is_some() && second_port.is_none() {
+                refused[V6] = Some(508);
+            }
+        }
+        if port.is_none() && second_port.is_none() {
+            self.shared.release_quota(&auth.username);
+            info!(event = "capacity", client = %req.tuple.client, "relay port range exhausted");
+            return self.error(now, req, Some(&auth), 508, "", true);
+        }
         // RFC 8656 §7.2: an Allocate LIFETIME of 0 is not a delete; it gets the default.
         let requested = msg
             .get(attr::LIFETIME)
@@ -818,150 +904,241 @@ impl Engine {
             .filter(|&l| l != 0);
         let lifetime =
             desired_lifetime(requested, self.cfg.default_lifetime, self.cfg.max_lifetime);
-        let relay = match self.free_relays.pop() {
+        let leg = |port, bind_ip, external_ip, even| PendingRelay {
+            relay: 0,
+            port,
+            bind_ip,
+            external_ip,
+            even,
+            attempts: 1,
+            state: LegState::Binding,
+        };
+        let mut legs = [None, None];
+        if let Some(port) = port {
+            legs[if want_v6 { V6 } else { V4 }] = Some(leg(port, bind_ip, external_ip, even));
+        }
+        if let (Some((bind_ip, external_ip)), Some(port)) = (second, second_port) {
+            legs[V6] = Some(leg(port, bind_ip, external_ip, false));
+        }
+        // One relay socket per family, IPv4 first; the first one's slot owns the pending state.
+        let mut owner = None;
+        for l in legs.iter_mut().flatten() {
+            let relay = self.new_relay_id();
+            l.relay = relay;
+            self.relays[relay as usize] = RelaySlot::PendingWith(owner.unwrap_or(relay));
+            owner.get_or_insert(relay);
+            self.commands.push_back(bind_command(
+                relay,
+                SocketAddr::new(l.bind_ip, l.port),
+                dont_fragment,
+                tcp,
+            ));
+        }
+        let Some(owner) = owner else {
+            // Not reached: at least one port was taken above.
+            self.shared.release_quota(&auth.username);
+            return;
+        };
+        self.relays[owner as usize] = RelaySlot::Pending(Box::new(PendingAllocate {
+            req: *req,
+            auth,
+            lifetime,
+            dont_fragment,
+            reserve_next,
+            reservation,
+            from_token,
+            legs,
+            refused,
+            tcp,
+        }));
+        self.pending_by_tuple.insert(req.tuple, owner);
+    }
+
+    fn new_relay_id(&mut self) -> RelayId {
+        match self.free_relays.pop() {
             Some(r) => r,
             None => {
                 self.relays.push(RelaySlot::Free);
                 (self.relays.len() - 1) as RelayId
             }
-        };
-        self.relays[relay as usize] = RelaySlot::Pending(Box::new(PendingAllocate {
-            req: *req,
-            auth,
-            lifetime,
-            port,
-            bind_ip,
-            external_ip,
-            dont_fragment,
-            even,
-            reserve_next,
-            reservation,
-            from_token,
-            attempts: 1,
-            tcp,
-        }));
-        self.pending_by_tuple.insert(req.tuple, relay);
-        self.commands.push_back(bind_command(
-            relay,
-            SocketAddr::new(bind_ip, port),
-            dont_fragment,
-            tcp,
-        ));
+        }
     }
 
     /// The runtime's answer to [`RelayCommand::Bind`]: `Ok(local address)` or the bind error.
+    /// A failed bind is retried on another port (up to [`MAX_BIND_ATTEMPTS`]); the Allocate is
+    /// answered once each of its relay sockets is bound or given up on.
     pub fn on_relay_bound(
         &mut self,
         now: Instant,
         relay: RelayId,
         result: Result<SocketAddr, std::io::ErrorKind>,
     ) {
-        let Some(slot) = self.relays.get_mut(relay as usize) else {
-            return;
+        let owner = match self.relays.get(relay as usize) {
+            Some(RelaySlot::Pending(_)) => relay,
+            Some(RelaySlot::PendingWith(owner)) => *owner,
+            _ => return,
         };
+        let slot = &mut self.relays[owner as usize];
+        if !matches!(slot, RelaySlot::Pending(_)) {
+            return;
+        }
         let RelaySlot::Pending(p) = std::mem::replace(slot, RelaySlot::Free) else {
             return;
         };
         let mut p = *p;
-        match result {
-            Ok(local) => {
-                self.pending_by_tuple.remove(&p.req.tuple);
-                let relay_addr = SocketAddr::new(p.external_ip, local.port());
-                let a = Allocation {
-                    tuple: p.req.tuple,
-                    username: p.auth.username.clone(),
-                    key: p.auth.key,
-                    kind: p.auth.kind,
-                    relay,
-                    relay_addr,
-                    port: p.port,
-                    expires: now + p.lifetime,
-                    created: now,
-                    permissions: Vec::new(),
-                    channels: Vec::new(),
-                    to_peer_packets: 0,
-                    to_peer_bytes: 0,
-                    to_client_packets: 0,
-                    to_client_bytes: 0,
-                    tcp: p.tcp,
-                    tcp_peers: Vec::new(),
-                };
-                let idx = match self.free_allocs.pop() {
-                    Some(i) => {
-                        self.allocs[i as usize] = Some(a);
-                        i
-                    }
-                    None => {
-                        self.allocs.push(Some(a));
-                        (self.allocs.len() - 1) as u32
-                    }
-                };
-                self.relays[relay as usize] = RelaySlot::Active(idx);
-                self.by_tuple.insert(p.req.tuple, idx);
-                self.timers.push(Reverse((now + p.lifetime, idx)));
-                self.stats.allocations_created += 1;
-                info!(
-                    event = "allocation_created",
-                    user = %p.auth.username,
-                    client = %p.req.tuple.client,
-                    transport = ?p.req.tuple.transport,
-                    relay = %relay_addr,
-                    lifetime = p.lifetime.as_secs(),
-                    "allocation created"
-                );
-                let mapped = p.req.tuple.client;
-                let lifetime = p.lifetime.as_secs() as u32;
-                let token = p.reservation;
-                self.respond(
-                    now,
-                    &p.req,
-                    Class::Success,
-                    Some((&p.auth.key, p.auth.kind)),
-                    true,
-                    |w| {
-                        w.xor_addr(attr::XOR_RELAYED_ADDRESS, relay_addr)
-                            .u32(attr::LIFETIME, lifetime);
-                        if let Some(t) = token {
-                            w.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+        let leg = p
+            .legs
+            .iter_mut()
+            .flatten()
+            .find(|l| l.relay == relay && l.state == LegState::Binding);
+        if let Some(leg) = leg {
+            match result {
+                Ok(local) => leg.state = LegState::Bound(local),
+                Err(kind) => {
+                    debug!(port = leg.port, ?kind, "relay bind failed");
+                    self.shared.release_port(leg.port);
+                    if let Some(t) = p.reservation.take() {
+                        if let Some(port) = self.shared.redeem(t, now) {
+                            self.shared.release_port(port);
                         }
-                        w.xor_addr(attr::XOR_MAPPED_ADDRESS, mapped);
-                    },
-                );
-            }
-            Err(kind) => {
-                debug!(port = p.port, ?kind, "relay bind failed");
-                self.shared.release_port(p.port);
-                if let Some(t) = p.reservation.take() {
-                    if let Some(port) = self.shared.redeem(t, now) {
-                        self.shared.release_port(port);
+                    }
+                    let retry = !p.from_token && leg.attempts < MAX_BIND_ATTEMPTS;
+                    let next = if retry {
+                        self.shared.take_port(leg.even, p.reserve_next, now)
+                    } else {
+                        None
+                    };
+                    match next {
+                        Some((port, tok)) => {
+                            leg.port = port;
+                            leg.attempts += 1;
+                            p.reservation = tok;
+                            self.commands.push_back(bind_command(
+                                relay,
+                                SocketAddr::new(leg.bind_ip, port),
+                                p.dont_fragment,
+                                p.tcp,
+                            ));
+                        }
+                        None => {
+                            leg.state = LegState::Failed;
+                            info!(event = "capacity", client = %p.req.tuple.client, ?kind, "could not bind a relay socket");
+                        }
                     }
                 }
-                let retry = !p.from_token && p.attempts < MAX_BIND_ATTEMPTS;
-                if retry {
-                    if let Some((port, tok)) = self.shared.take_port(p.even, p.reserve_next, now) {
-                        p.port = port;
-                        p.reservation = tok;
-                        p.attempts += 1;
-                        let addr = SocketAddr::new(p.bind_ip, port);
-                        let dont_fragment = p.dont_fragment;
-                        let tcp = p.tcp;
-                        self.relays[relay as usize] = RelaySlot::Pending(Box::new(p));
-                        self.commands
-                            .push_back(bind_command(relay, addr, dont_fragment, tcp));
-                        return;
-                    }
-                }
-                self.pending_by_tuple.remove(&p.req.tuple);
-                self.free_relays.push(relay);
-                self.shared.release_quota(&p.auth.username);
-                info!(event = "capacity", client = %p.req.tuple.client, ?kind, "could not bind a relay socket");
-                let req = p.req;
-                self.error(now, &req, Some(&p.auth), 508, "", true);
             }
         }
+        if p.legs
+            .iter()
+            .flatten()
+            .any(|l| l.state == LegState::Binding)
+        {
+            self.relays[owner as usize] = RelaySlot::Pending(Box::new(p));
+            return;
+        }
+        self.finish_allocate(now, p);
     }
 
-    /// RFC 8656 §7.3.
+    /// Every relay socket of a pending Allocate is bound or given up on: create the allocation
+    /// and answer (RFC 8656 §7.2), or answer 508 if no socket could be bound.
+    fn finish_allocate(&mut self, now: Instant, mut p: PendingAllocate) {
+        self.pending_by_tuple.remove(&p.req.tuple);
+        let expires = now + p.lifetime;
+        let mut relays = [None, None];
+        for (f, leg) in p.legs.iter().enumerate() {
+            let Some(leg) = leg else { continue };
+            if let LegState::Bound(local) = leg.state {
+                relays[f] = Some(Relay {
+                    id: leg.relay,
+                    addr: SocketAddr::new(leg.external_ip, local.port()),
+                    port: leg.port,
+                    expires,
+                });
+            } else {
+                // Given up on; its port is back in the pool. Step 9: 508 for this family if
+                // the other one is allocated.
+                self.relays[leg.relay as usize] = RelaySlot::Free;
+                self.free_relays.push(leg.relay);
+                p.refused[f] = Some(508);
+            }
+        }
+        if relays.iter().all(Option::is_none) {
+            self.shared.release_quota(&p.auth.username);
+            let req = p.req;
+            return self.error(now, &req, Some(&p.auth), 508, "", true);
+        }
+        let a = Allocation {
+            tuple: p.req.tuple,
+            username: p.auth.username.clone(),
+            key: p.auth.key,
+            kind: p.auth.kind,
+            relays,
+            created: now,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            to_peer_packets: 0,
+            to_peer_bytes: 0,
+            to_client_packets: 0,
+            to_client_bytes: 0,
+            tcp: p.tcp,
+            tcp_peers: Vec::new(),
+        };
+        let idx = match self.free_allocs.pop() {
+            Some(i) => {
+                self.allocs[i as usize] = Some(a);
+                i
+            }
+            None => {
+                self.allocs.push(Some(a));
+                (self.allocs.len() - 1) as u32
+            }
+        };
+        for r in relays.iter().flatten() {
+            self.relays[r.id as usize] = RelaySlot::Active(idx);
+        }
+        self.by_tuple.insert(p.req.tuple, idx);
+        self.timers.push(Reverse((expires, idx)));
+        self.stats.allocations_created += 1;
+        info!(
+            event = "allocation_created",
+            user = %p.auth.username,
+            client = %p.req.tuple.client,
+            transport = ?p.req.tuple.transport,
+            relay = %RelayAddrs(&relays),
+            lifetime = p.lifetime.as_secs(),
+            "allocation created"
+        );
+        let mapped = p.req.tuple.client;
+        let lifetime = p.lifetime.as_secs() as u32;
+        let token = p.reservation;
+        let refused = p.refused;
+        self.respond(
+            now,
+            &p.req,
+            Class::Success,
+            Some((&p.auth.key, p.auth.kind)),
+            true,
+            |w| {
+                // §7.2: one XOR-RELAYED-ADDRESS per relayed address (IPv4 first).
+                for r in relays.iter().flatten() {
+                    w.xor_addr(attr::XOR_RELAYED_ADDRESS, r.addr);
+                }
+                w.u32(attr::LIFETIME, lifetime);
+                if let Some(t) = token {
+                    w.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+                }
+                w.xor_addr(attr::XOR_MAPPED_ADDRESS, mapped);
+                // §7.2 step 9, §18.12: family 0x01 IPv4, 0x02 IPv6.
+                for (f, code) in refused.iter().enumerate() {
+                    if let Some(code) = *code {
+                        w.address_error_code(f as u8 + 1, code, stun::reason(code));
+                    }
+                }
+            },
+        );
+    }
+
+    /// RFC 8656 §8.2.
     fn refresh(&mut self, now: Instant, req: &Req, msg: &Message) {
         let Some(auth) = self.authenticate(now, req, msg) else {
             return;
@@ -969,22 +1146,36 @@ impl Engine {
         let Some(idx) = self.owned_allocation(now, req, &auth) else {
             return;
         };
-        let is_v4 = self.allocs[idx as usize]
-            .as_ref()
-            .is_some_and(|a| a.relay_addr.is_ipv4());
-        match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            Some([1, ..]) if !is_v4 => return self.error(now, req, Some(&auth), 443, "", true),
-            Some([2, ..]) if is_v4 => return self.error(now, req, Some(&auth), 443, "", true),
-            _ => {}
+        // §8.1 / §8.2: REQUESTED-ADDRESS-FAMILY names the relayed address the Refresh is for
+        // (one family of a dual allocation; without it, every relayed address); a family the
+        // allocation does not have → 443. Unknown family values are ignored.
+        let fam = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            Some([1, ..]) => Some(V4),
+            Some([2, ..]) => Some(V6),
+            _ => None,
+        };
+        let has = self.families(idx);
+        if fam.is_some_and(|f| !has[f]) {
+            return self.error(now, req, Some(&auth), 443, "", true);
         }
         let requested = msg.get(attr::LIFETIME).and_then(decode_u32);
         let lifetime =
             desired_lifetime(requested, self.cfg.default_lifetime, self.cfg.max_lifetime);
         if lifetime.is_zero() {
-            self.delete_allocation(now, idx, "refreshed to 0");
+            // §8.1: with REQUESTED-ADDRESS-FAMILY, LIFETIME 0 deletes that family's relayed
+            // address only (the allocation goes with its last one).
+            match fam {
+                Some(f) => self.delete_relay(now, idx, f, "refreshed to 0"),
+                None => self.delete_allocation(now, idx, "refreshed to 0"),
+            }
         } else if let Some(a) = self.allocs[idx as usize].as_mut() {
-            a.expires = now + lifetime;
-            self.timers.push(Reverse((a.expires, idx)));
+            let expires = now + lifetime;
+            for (f, r) in a.relays.iter_mut().enumerate() {
+                if let Some(r) = r.as_mut().filter(|_| fam.unwrap_or(f) == f) {
+                    r.expires = expires;
+                }
+            }
+            self.timers.push(Reverse((expires, idx)));
         }
         let secs = lifetime.as_secs() as u32;
         self.respond(
@@ -1001,16 +1192,18 @@ impl Engine {
 
     /// Decode a XOR-PEER-ADDRESS and apply the family and peer-filter checks shared by
     /// CreatePermission and ChannelBind. Err: (code, reason) for the error response.
+    /// `families`: which relayed addresses the allocation has, by family ([`V4`], [`V6`]).
     fn check_peer(
         &mut self,
         req: &Req,
         v: &[u8],
-        relay_v4: bool,
+        families: [bool; 2],
         permission_only: bool,
     ) -> Result<SocketAddr, (u16, &'static str)> {
         let peer = decode_xor_addr(v, &req.tid).ok_or((400, "bad XOR-PEER-ADDRESS"))?;
-        // RFC 8656 §9.1 / §11.1: the peer must be of the relayed address's family.
-        if peer.is_ipv4() != relay_v4 {
+        // RFC 8656 §10.2 / §12.2: the peer must be of the family of a relayed address of the
+        // allocation (either one of a dual allocation).
+        if !families[allocation::family(peer.ip())] {
             return Err((443, "Peer Address Family Mismatch"));
         }
         let verdict = if permission_only {
@@ -1026,6 +1219,13 @@ impl Engine {
         Ok(peer)
     }
 
+    /// Which relayed addresses allocation `idx` has, by family ([`V4`], [`V6`]).
+    fn families(&self, idx: u32) -> [bool; 2] {
+        self.allocs[idx as usize]
+            .as_ref()
+            .map_or([false; 2], |a| a.relays.map(|r| r.is_some()))
+    }
+
     /// RFC 8656 §9.2: all XOR-PEER-ADDRESSes are checked before any permission is installed.
     fn create_permission(&mut self, now: Instant, req: &Req, msg: &Message) {
         let Some(auth) = self.authenticate(now, req, msg) else {
@@ -1034,16 +1234,14 @@ impl Engine {
         let Some(idx) = self.owned_allocation(now, req, &auth) else {
             return;
         };
-        let relay_v4 = self.allocs[idx as usize]
-            .as_ref()
-            .is_some_and(|a| a.relay_addr.is_ipv4());
+        let families = self.families(idx);
         let mut peers = [None; stun::MAX_ATTRS];
         let mut n = 0;
         for (t, v) in msg.iter() {
             if t != attr::XOR_PEER_ADDRESS {
                 continue;
             }
-            match self.check_peer(req, v, relay_v4, true) {
+            match self.check_peer(req, v, families, true) {
                 Ok(p) => {
                     peers[n] = Some(p.ip());
                     n += 1;
@@ -1108,10 +1306,8 @@ impl Engine {
         let Some(v) = msg.get(attr::XOR_PEER_ADDRESS) else {
             return self.error(now, req, Some(&auth), 400, "missing XOR-PEER-ADDRESS", true);
         };
-        let relay_v4 = self.allocs[idx as usize]
-            .as_ref()
-            .is_some_and(|a| a.relay_addr.is_ipv4());
-        let peer = match self.check_peer(req, v, relay_v4, false) {
+        let families = self.families(idx);
+        let peer = match self.check_peer(req, v, families, false) {
             Ok(p) => p,
             Err((code, why)) => return self.error(now, req, Some(&auth), code, why, true),
         };
@@ -1145,11 +1341,19 @@ impl Engine {
                 break;
             }
             self.timers.pop();
-            let expired = self.allocs[idx as usize]
-                .as_ref()
-                .is_some_and(|a| a.expires <= now);
-            if expired {
+            let Some(a) = self.allocs[idx as usize].as_ref() else {
+                continue;
+            };
+            if a.expires().is_some_and(|t| t <= now) {
                 self.delete_allocation(now, idx, "expired");
+                continue;
+            }
+            // §8.1: the relayed addresses of a dual allocation expire one by one.
+            let expired = a.relays.map(|r| r.is_some_and(|r| r.expires <= now));
+            for f in [V4, V6] {
+                if expired[f] {
+                    self.delete_relay(now, idx, f, "expired");
+                }
             }
         }
         self.expire_connections(now);
@@ -1162,11 +1366,9 @@ impl Engine {
         };
         self.free_allocs.push(idx);
         self.by_tuple.remove(&a.tuple);
-        self.relays[a.relay as usize] = RelaySlot::Free;
-        self.free_relays.push(a.relay);
-        self.commands
-            .push_back(RelayCommand::Close { relay: a.relay });
-        self.shared.release_port(a.port);
+        for r in a.relays.iter().flatten() {
+            self.close_relay(r);
+        }
         self.shared.release_quota(&a.username);
         self.stats.allocations_deleted += 1;
         info!(
@@ -1174,12 +1376,45 @@ impl Engine {
             reason,
             user = %a.username,
             client = %a.tuple.client,
-            relay = %a.relay_addr,
+            relay = %RelayAddrs(&a.relays),
             duration_s = now.saturating_duration_since(a.created).as_secs(),
             to_peer_bytes = a.to_peer_bytes,
             to_client_bytes = a.to_client_bytes,
             "allocation deleted"
         );
+    }
+
+    /// RFC 8656 §8.1: delete the relayed address of family `fam` ([`V4`], [`V6`]) of a dual
+    /// allocation, with the permissions and channels of that family; deleting the last one
+    /// deletes the allocation.
+    fn delete_relay(&mut self, now: Instant, idx: u32, fam: usize, reason: &'static str) {
+        let Some(a) = self.allocs[idx as usize].as_mut() else {
+            return;
+        };
+        if a.relays[1 - fam].is_none() {
+            return self.delete_allocation(now, idx, reason);
+        }
+        let Some(r) = a.relays[fam].take() else {
+            return;
+        };
+        a.forget_family(fam);
+        info!(
+            event = "relay_deleted",
+            reason,
+            user = %a.username,
+            client = %a.tuple.client,
+            relay = %r.addr,
+            "relayed address deleted"
+        );
+        self.close_relay(&r);
+    }
+
+    /// Free a relay's slot and port, and have the runtime close its socket.
+    fn close_relay(&mut self, r: &Relay) {
+        self.relays[r.id as usize] = RelaySlot::Free;
+        self.free_relays.push(r.id);
+        self.commands.push_back(RelayCommand::Close { relay: r.id });
+        self.shared.release_port(r.port);
     }
 
     /// The client's TCP or TLS connection is gone: so is the allocation made over it (RFC 8656
@@ -1197,6 +1432,21 @@ impl Engine {
                 self.delete_allocation(now, idx, "shutdown");
             }
         }
+    }
+}
+
+/// The relayed addresses of an allocation, for logs: `a` or `a, b`.
+struct RelayAddrs<'a>(&'a [Option<Relay>; 2]);
+
+impl std::fmt::Display for RelayAddrs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.0.iter().flatten().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", r.addr)?;
+        }
+        Ok(())
     }
 }
 

@@ -34,10 +34,7 @@ impl Engine {
         let Some(idx) = self.owned_allocation(now, req, &auth) else {
             return;
         };
-        let (tcp, relay_v4, relay) = match self.allocs[idx as usize].as_ref() {
-            Some(a) => (a.tcp, a.relay_addr.is_ipv4(), a.relay),
-            None => return,
-        };
+        let tcp = self.allocs[idx as usize].as_ref().is_some_and(|a| a.tcp);
         if !tcp {
             return self.error(
                 now,
@@ -51,9 +48,17 @@ impl Engine {
         let Some(v) = msg.get(attr::XOR_PEER_ADDRESS) else {
             return self.error(now, req, Some(&auth), 400, "missing XOR-PEER-ADDRESS", true);
         };
-        let peer = match self.check_peer(req, v, relay_v4, false) {
+        let families = self.families(idx);
+        let peer = match self.check_peer(req, v, families, false) {
             Ok(p) => p,
             Err((code, why)) => return self.error(now, req, Some(&auth), code, why, true),
+        };
+        let Some(relay) = self.allocs[idx as usize]
+            .as_ref()
+            .and_then(|a| a.relay_for(peer.ip()))
+            .map(|r| r.id)
+        else {
+            return;
         };
         let busy = self
             .pending_connects
@@ -251,6 +256,10 @@ pub(super) fn tcp_allocate_error(tuple: &FiveTuple, msg: &Message) -> Option<&'s
     if msg.has(attr::DONT_FRAGMENT) || msg.has(attr::EVEN_PORT) || msg.has(attr::RESERVATION_TOKEN)
     {
         return Some("DONT-FRAGMENT, EVEN-PORT and RESERVATION-TOKEN do not apply to TCP");
+    }
+    // Dual allocation is defined for UDP relays (RFC 8656 §7.2); not offered for TCP ones.
+    if msg.has(attr::ADDITIONAL_ADDRESS_FAMILY) || msg.has(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT) {
+        return Some("ADDITIONAL-ADDRESS-FAMILY is not supported for TCP allocations");
     }
     None
 }

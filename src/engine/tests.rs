@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::allocation::{Relay, V4, V6};
 use super::auth::{rest_password, PASSWORD_ALGORITHMS};
 use super::peer_filter::{PeerFilter, PeerFilterConfig};
 use super::shared::Shared;
@@ -21,8 +22,8 @@ use super::{
     MAX_BIND_ATTEMPTS, PEER_HEADROOM, PEER_TAILROOM,
 };
 use crate::codec::stun::{
-    attr, decode_error_code, decode_u32, decode_xor_addr, method, password_algorithm, Class,
-    IntegrityKind, Message, Writer,
+    attr, decode_address_error_code, decode_error_code, decode_u32, decode_xor_addr, method,
+    password_algorithm, Class, IntegrityKind, Message, Writer,
 };
 use crate::codec::{long_term_key_md5, long_term_key_sha256, userhash};
 
@@ -1229,7 +1230,9 @@ fn allocate_success() {
     assert!(r.get(attr::USERNAME).is_none() && r.get(attr::NONCE).is_none());
     assert_eq!(h.engine.allocation_count(), 1);
     let a = h.engine.allocations().next().unwrap();
-    assert_eq!((a.relay, a.relay_addr, a.tuple), (relay, addr, c.tuple));
+    let r = a.relays[V4].expect("an IPv4 relay");
+    assert_eq!((r.id, r.addr, a.tuple), (relay, addr, c.tuple));
+    assert!(a.relays[V6].is_none());
     assert_eq!(h.shared.ports_in_use(), 1);
     assert_eq!(h.shared.total_allocations(), 1);
     assert_eq!(h.engine.poll_timeout(), Some(h.at(600)));
@@ -2307,6 +2310,572 @@ fn channel_bind_installs_the_permission() {
         .is_none());
 }
 
+// ================================================================================== dual allocation
+
+/// `cfg()` with an IPv6 relay address too.
+fn dual_cfg() -> EngineConfig {
+    let mut c = cfg();
+    c.relay_ip_v6 = Some(relay_v6());
+    c
+}
+
+/// ADDITIONAL-ADDRESS-FAMILY IPv6: ask for a dual allocation (RFC 8656 §7.2, §18.11).
+fn additional_v6(w: &mut Writer) {
+    w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+}
+
+/// A second IPv6 peer in the documentation range.
+fn p7() -> SocketAddr {
+    sa("[2001:db8::7]:7005")
+}
+
+impl Resp {
+    /// Every XOR-RELAYED-ADDRESS, in wire order.
+    fn relayed(&self) -> Vec<SocketAddr> {
+        let m = self.msg();
+        m.iter()
+            .filter(|(t, _)| *t == attr::XOR_RELAYED_ADDRESS)
+            .map(|(_, v)| decode_xor_addr(v, &m.transaction_id()).expect("XOR-RELAYED-ADDRESS"))
+            .collect()
+    }
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.12) as (family, code, reason).
+    fn address_error(&self) -> Option<(u8, u16, String)> {
+        let m = self.msg();
+        let (f, code, why) = decode_address_error_code(m.get(attr::ADDRESS_ERROR_CODE)?)?;
+        Some((f, code, why.to_owned()))
+    }
+}
+
+impl Harness {
+    /// A successful dual allocation: its IPv4 and IPv6 relays.
+    #[track_caller]
+    fn alloc_dual(&mut self, c: &mut Client) -> (Relay, Relay) {
+        let r = self.allocate(c, &additional_v6);
+        r.assert_ok(method::ALLOCATE);
+        assert!(r.address_error().is_none(), "fully met: {r:?}");
+        let a = self
+            .engine
+            .allocations()
+            .find(|a| a.tuple == c.tuple)
+            .expect("the allocation");
+        let (v4, v6) = (a.relays[V4].unwrap(), a.relays[V6].unwrap());
+        assert_eq!(r.relayed(), vec![v4.addr, v6.addr]);
+        (v4, v6)
+    }
+
+    /// Refresh with REQUESTED-ADDRESS-FAMILY `family` (RFC 8656 §8.1).
+    #[track_caller]
+    fn refresh_family(&mut self, c: &mut Client, family: u8, lifetime: Option<u32>) -> Resp {
+        self.transact(c, method::REFRESH, &|w| {
+            w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[family, 0, 0, 0]);
+            if let Some(l) = lifetime {
+                w.u32(attr::LIFETIME, l);
+            }
+        })
+    }
+
+    /// A dual Allocate whose binds are answered by hand: `fail(addr)` decides which fail
+    /// (retries included). Checks the answer waits for every bind; returns it.
+    #[track_caller]
+    fn alloc_dual_failing(&mut self, c: &mut Client, fail: impl Fn(SocketAddr) -> bool) -> Resp {
+        self.login(c);
+        self.hold_binds = true;
+        let (tid, req) = c.build(method::ALLOCATE, &|w| {
+            transport_udp(w);
+            additional_v6(w);
+        });
+        assert!(self.send(c.tuple, &req).is_empty());
+        assert!(
+            self.send(c.tuple, &req).is_empty(),
+            "retransmission while binding"
+        );
+        loop {
+            let held = std::mem::take(&mut self.held);
+            if held.is_empty() {
+                break;
+            }
+            let mut answers = Vec::new();
+            for (relay, addr) in held {
+                assert!(answers.is_empty(), "answered before every bind settled");
+                let result = if fail(addr) {
+                    Err(ErrorKind::AddrInUse)
+                } else {
+                    Ok(addr)
+                };
+                self.engine.on_relay_bound(self.now, relay, result);
+                while let Some(t) = self.engine.poll_transmit() {
+                    answers.push(Resp(t.data));
+                }
+            }
+            self.pump();
+            if !answers.is_empty() {
+                assert!(self.held.is_empty());
+                assert_eq!(answers.len(), 1);
+                let r = answers.pop().unwrap();
+                assert_eq!(r.tid(), tid);
+                self.hold_binds = false;
+                return r;
+            }
+        }
+        panic!("no answer to the dual Allocate");
+    }
+}
+
+#[test]
+fn dual_allocation_success() {
+    // RFC 8656 §7.2 step 9: ADDITIONAL-ADDRESS-FAMILY IPv6 → one IPv4 and one IPv6 relayed
+    // address, two XOR-RELAYED-ADDRESS attributes (IPv4 first), one relay socket per family
+    // bound to that family's relay IP (and advertised with its external IP), DONT-FRAGMENT on
+    // both. One allocation: one quota unit, one LIFETIME; two ports from the pool.
+    let mut config = dual_cfg();
+    config.external_ip_v6 = Some(ip("2001:db8::77"));
+    let mut h = Harness::new(config);
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let r = h.allocate(&mut c, &|w| {
+        additional_v6(w);
+        w.attr(attr::DONT_FRAGMENT, &[]);
+    });
+    r.assert_ok(method::ALLOCATE);
+    c.assert_signed(&r);
+    assert_eq!(h.binds.len(), 2);
+    let (r4, b4, df4) = h.binds[0];
+    let (r6, b6, df6) = h.binds[1];
+    assert_ne!(r4, r6);
+    assert_eq!((b4.ip(), b6.ip()), (relay_v4(), relay_v6()));
+    assert!(df4 && df6);
+    for p in [b4.port(), b6.port()] {
+        assert!((MIN_PORT..=MAX_PORT).contains(&p));
+    }
+    assert_eq!(
+        r.relayed(),
+        vec![b4, SocketAddr::new(ip("2001:db8::77"), b6.port())]
+    );
+    assert_eq!(
+        r.types(),
+        vec![
+            attr::XOR_RELAYED_ADDRESS,
+            attr::XOR_RELAYED_ADDRESS,
+            attr::LIFETIME,
+            attr::XOR_MAPPED_ADDRESS,
+            attr::MESSAGE_INTEGRITY,
+            attr::FINGERPRINT
+        ]
+    );
+    assert_eq!(r.u32(attr::LIFETIME), Some(600));
+    assert_eq!(r.xor(attr::XOR_MAPPED_ADDRESS), Some(c.tuple.client));
+    assert!(r.address_error().is_none());
+    let a = h.engine.allocations().next().unwrap();
+    assert_eq!(
+        a.relays.map(|r| r.map(|r| (r.id, r.port))),
+        [Some((r4, b4.port())), Some((r6, b6.port()))]
+    );
+    assert_eq!(h.engine.allocation_count(), 1);
+    assert_eq!(h.shared.total_allocations(), 1);
+    assert_eq!(h.shared.ports_in_use(), 2);
+    assert_eq!(h.engine.poll_timeout(), Some(h.at(600)));
+    // A second Allocate on the 5-tuple: 437, nothing bound.
+    h.allocate(&mut c, &additional_v6)
+        .assert_err(method::ALLOCATE, 437);
+    assert_eq!(h.binds.len(), 2);
+}
+
+#[test]
+fn dual_allocation_relays_each_family_through_its_own_relay() {
+    // RFC 8656 §10.2 / §12.2: a peer of either family of the allocation is accepted (no 443);
+    // §11.2 / §12.5: data to an IPv4 peer leaves from the IPv4 relay, to an IPv6 peer from the
+    // IPv6 relay; §11.3 / §12.7: what peers send to either relay comes back on the 5-tuple.
+    let mut h = Harness::new(dual_cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let (v4, v6) = h.alloc_dual(&mut c);
+    h.permit(&mut c, &[p1(), p6()])
+        .assert_ok(method::CREATE_PERMISSION);
+
+    // Send / Data indications.
+    for (relay, peer) in [(v4.id, p1()), (v6.id, p6())] {
+        let out = h
+            .client_datagram(c.tuple, &send_indication(peer, b"out"))
+            .expect("relayed");
+        assert_eq!((out.relay, out.peer), (relay, peer));
+        assert_eq!(out.payload, b"out");
+        let (from, data) = h.data_indication(relay, peer, b"in", c.tuple);
+        assert_eq!((from, data), (peer, b"in".to_vec()));
+    }
+    // No permission for p7 (IPv6) or p2 (IPv4): dropped both ways.
+    assert!(h
+        .client_datagram(c.tuple, &send_indication(p7(), b"x"))
+        .is_none());
+    assert!(h.peer_datagram(v6.id, p7(), b"x").is_none());
+    assert!(h.peer_datagram(v4.id, p2(), b"x").is_none());
+
+    // Channels: one number space for the allocation, each channel on its peer's relay.
+    h.channel_bind(&mut c, 0x4000, p7())
+        .assert_ok(method::CHANNEL_BIND);
+    h.channel_bind(&mut c, 0x4001, p2())
+        .assert_ok(method::CHANNEL_BIND);
+    for (relay, number, peer) in [(v6.id, 0x4000, p7()), (v4.id, 0x4001, p2())] {
+        let out = h
+            .client_datagram(c.tuple, &channel_data(number, b"cd", false))
+            .expect("relayed");
+        assert_eq!(
+            (out.relay, out.peer, out.payload.as_slice()),
+            (relay, peer, &b"cd"[..])
+        );
+        let (t, bytes) = h.peer_datagram(relay, peer, b"back").unwrap();
+        assert_eq!((t, bytes), (c.tuple, channel_data(number, b"back", false)));
+    }
+    // The other peer of the same family bound to a number already taken: 400.
+    h.channel_bind(&mut c, 0x4000, p6())
+        .assert_err(method::CHANNEL_BIND, 400);
+}
+
+#[test]
+fn additional_address_family_checks() {
+    // RFC 8656 §7.2 step 9: ADDITIONAL-ADDRESS-FAMILY IPv4 (or any value but IPv6) → 400;
+    // step 8: with EVEN-PORT R = 1 → 400; step 6: with REQUESTED-ADDRESS-FAMILY → 400.
+    let mut h = Harness::new(dual_cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let bad: [&dyn Fn(&mut Writer); 5] = [
+        &|w| {
+            w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[1, 0, 0, 0]);
+        },
+        &|w| {
+            w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[3, 0, 0, 0]);
+        },
+        &|w| {
+            w.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[]);
+        },
+        &|w| {
+            additional_v6(w);
+            w.attr(attr::EVEN_PORT, &[0x80]);
+        },
+        &|w| {
+            additional_v6(w);
+            w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]);
+        },
+    ];
+    for body in bad {
+        let r = h.allocate(&mut c, body);
+        r.assert_err(method::ALLOCATE, 400);
+        c.assert_signed(&r);
+    }
+    assert!(h.binds.is_empty());
+    assert_eq!(h.shared.total_allocations(), 0);
+}
+
+#[test]
+fn dual_allocation_even_port_applies_to_ipv4() {
+    // RFC 8656 §7.2 does not say which relayed address of a dual allocation EVEN-PORT (R = 0)
+    // is for; ferroturn makes the IPv4 one even.
+    let mut h = Harness::new(dual_cfg());
+    for i in 0..8 {
+        let mut c = Client::new(
+            udp(&format!("198.51.100.20:{}", 40000 + i)),
+            "alice",
+            "alice-pw",
+        );
+        let r = h.allocate(&mut c, &|w| {
+            additional_v6(w);
+            w.attr(attr::EVEN_PORT, &[0x00]);
+        });
+        r.assert_ok(method::ALLOCATE);
+        let relayed = r.relayed();
+        assert_eq!(relayed.len(), 2);
+        assert_eq!(relayed[0].port() % 2, 0, "{relayed:?}");
+        assert!(r.get(attr::RESERVATION_TOKEN).is_none());
+    }
+    assert_eq!(h.shared.ports_in_use(), 16);
+}
+
+#[test]
+fn dual_allocation_without_ipv6_relay_gets_ipv4_and_address_error_code_440() {
+    // RFC 8656 §7.2 step 9: a dual Allocate the server can only partly meet succeeds with the
+    // family it has and ADDRESS-ERROR-CODE (§18.12) 440 for the other.
+    let mut h = Harness::new(cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let r = h.allocate(&mut c, &additional_v6);
+    r.assert_ok(method::ALLOCATE);
+    c.assert_signed(&r);
+    assert_eq!(h.binds.len(), 1);
+    assert_eq!(h.binds[0].1.ip(), relay_v4());
+    assert_eq!(r.relayed(), vec![h.binds[0].1]);
+    assert_eq!(
+        r.address_error(),
+        Some((2, 440, "Address Family not Supported".to_owned()))
+    );
+    assert_eq!(
+        r.types(),
+        vec![
+            attr::XOR_RELAYED_ADDRESS,
+            attr::LIFETIME,
+            attr::XOR_MAPPED_ADDRESS,
+            attr::ADDRESS_ERROR_CODE,
+            attr::MESSAGE_INTEGRITY,
+            attr::FINGERPRINT
+        ]
+    );
+    assert_eq!(h.shared.ports_in_use(), 1);
+    // An IPv4 allocation: IPv6 peers → 443, Refresh of IPv6 → 443.
+    h.permit(&mut c, &[p6()])
+        .assert_err(method::CREATE_PERMISSION, 443);
+    h.refresh_family(&mut c, 2, None)
+        .assert_err(method::REFRESH, 443);
+    h.refresh_family(&mut c, 1, None).assert_ok(method::REFRESH);
+}
+
+#[test]
+fn dual_allocation_without_ipv4_relay_gets_440() {
+    // RFC 8656 §7.2 step 7 comes before step 9: with REQUESTED-ADDRESS-FAMILY absent (as it is
+    // in a dual Allocate) and no IPv4 support → 440. An explicit IPv6 Allocate still works.
+    let mut config = dual_cfg();
+    config.relay_ip_v4 = None;
+    let mut h = Harness::new(config);
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let r = h.allocate(&mut c, &additional_v6);
+    r.assert_err(method::ALLOCATE, 440);
+    c.assert_signed(&r);
+    assert!(h.binds.is_empty());
+    assert_eq!(h.shared.total_allocations(), 0);
+    let (_, relayed) = h.alloc_ok_with(&mut c, &|w| {
+        w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
+    assert_eq!(relayed.ip(), relay_v6());
+}
+
+#[test]
+fn dual_allocation_partial_when_ports_run_out() {
+    // RFC 8656 §7.2 step 9: no port for the IPv6 relay → IPv4 only, ADDRESS-ERROR-CODE 508
+    // for IPv6; no port at all → 508.
+    let mut config = dual_cfg();
+    config.max_port = MIN_PORT;
+    let mut h = Harness::new(config);
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let r = h.allocate(&mut c, &additional_v6);
+    r.assert_ok(method::ALLOCATE);
+    assert_eq!(r.relayed(), vec![SocketAddr::new(relay_v4(), MIN_PORT)]);
+    assert_eq!(
+        r.address_error(),
+        Some((2, 508, "Insufficient Capacity".to_owned()))
+    );
+    let mut d = Client::new(udp("198.51.100.20:40001"), "alice", "alice-pw");
+    h.allocate(&mut d, &additional_v6)
+        .assert_err(method::ALLOCATE, 508);
+    assert_eq!(h.binds.len(), 1);
+    assert_eq!(h.shared.total_allocations(), 1);
+}
+
+#[test]
+fn dual_allocation_answers_once_both_binds_settle() {
+    // The Allocate is answered when both relay sockets are bound or given up on. A family
+    // whose bind keeps failing (after the retries on other ports every allocation gets) is
+    // reported with ADDRESS-ERROR-CODE 508 (RFC 8656 §7.2 step 9); both failing → 508.
+    for (fail_v4, fail_v6) in [(false, false), (false, true), (true, false), (true, true)] {
+        let mut h = Harness::new(dual_cfg());
+        let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+        let r = h.alloc_dual_failing(&mut c, |a| if a.is_ipv4() { fail_v4 } else { fail_v6 });
+        let attempts = |v4: bool| h.binds.iter().filter(|(_, a, _)| a.is_ipv4() == v4).count();
+        let want = |fail: bool| if fail { MAX_BIND_ATTEMPTS as usize } else { 1 };
+        assert_eq!(
+            (attempts(true), attempts(false)),
+            (want(fail_v4), want(fail_v6))
+        );
+        if fail_v4 && fail_v6 {
+            r.assert_err(method::ALLOCATE, 508);
+            assert_eq!(h.engine.allocation_count(), 0);
+            assert_eq!(h.shared.total_allocations(), 0);
+            assert_eq!(h.shared.ports_in_use(), 0);
+            continue;
+        }
+        r.assert_ok(method::ALLOCATE);
+        c.assert_signed(&r);
+        let families: Vec<bool> = r.relayed().iter().map(|a| a.is_ipv4()).collect();
+        let failed = match (fail_v4, fail_v6) {
+            (false, false) => None,
+            (false, true) => Some(2),
+            _ => Some(1),
+        };
+        assert_eq!(
+            r.address_error().map(|(f, code, _)| (f, code)),
+            failed.map(|f| (f, 508))
+        );
+        let want_families: Vec<bool> = [(true, !fail_v4), (false, !fail_v6)]
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(v4, _)| *v4)
+            .collect();
+        assert_eq!(families, want_families);
+        assert_eq!(h.shared.ports_in_use(), want_families.len());
+        assert_eq!(h.shared.total_allocations(), 1);
+        // The allocation holds exactly the relays that were bound, each Active for it.
+        let a = h.engine.allocations().next().unwrap();
+        let ids: Vec<RelayId> = a.relays.iter().flatten().map(|r| r.id).collect();
+        assert_eq!(ids.len(), want_families.len());
+        let (tuple, relayed) = (a.tuple, r.relayed());
+        for (id, addr) in ids.into_iter().zip(relayed) {
+            let peer = if addr.is_ipv4() { p1() } else { p6() };
+            h.permit(&mut c, &[peer])
+                .assert_ok(method::CREATE_PERMISSION);
+            let (to, _) = h.peer_datagram(id, peer, b"x").expect("relay is live");
+            assert_eq!(to, tuple);
+        }
+    }
+}
+
+#[test]
+fn dual_allocation_deletion_closes_both_relays() {
+    // RFC 8656 §8.2: Refresh LIFETIME 0 without REQUESTED-ADDRESS-FAMILY deletes the whole
+    // allocation: both relay sockets closed, both ports and the quota unit given back. The
+    // same on expiry and when a TCP client's connection closes.
+    let mut h = Harness::new(dual_cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let (v4, v6) = h.alloc_dual(&mut c);
+    h.permit(&mut c, &[p1(), p6()])
+        .assert_ok(method::CREATE_PERMISSION);
+    let r = h.refresh(&mut c, Some(0));
+    r.assert_ok(method::REFRESH);
+    assert_eq!(r.u32(attr::LIFETIME), Some(0));
+    assert_eq!(h.closes, vec![v4.id, v6.id]);
+    assert_eq!(h.engine.allocation_count(), 0);
+    assert_eq!(h.shared.ports_in_use(), 0);
+    assert_eq!(h.shared.total_allocations(), 0);
+    assert_eq!(h.engine.stats.allocations_deleted, 1);
+    assert!(h.peer_datagram(v4.id, p1(), b"late").is_none());
+    assert!(h.peer_datagram(v6.id, p6(), b"late").is_none());
+
+    // Expiry.
+    h.closes.clear();
+    let mut d = Client::new(udp("198.51.100.20:40001"), "alice", "alice-pw");
+    let (v4, v6) = h.alloc_dual(&mut d);
+    h.set_time(599);
+    assert!(h.closes.is_empty());
+    h.set_time(600);
+    assert_eq!(h.closes, vec![v4.id, v6.id]);
+    assert_eq!(h.shared.ports_in_use(), 0);
+    assert_eq!(h.engine.poll_timeout(), None);
+
+    // TCP connection gone.
+    h.closes.clear();
+    let mut e = Client::new(
+        tuple("198.51.100.20:40002", Transport::Tcp),
+        "alice",
+        "alice-pw",
+    );
+    let (v4, v6) = h.alloc_dual(&mut e);
+    h.engine.on_client_closed(h.now, e.tuple);
+    h.pump();
+    assert_eq!(h.closes, vec![v4.id, v6.id]);
+    assert_eq!(h.shared.ports_in_use(), 0);
+    assert_eq!(h.shared.total_allocations(), 0);
+}
+
+#[test]
+fn dual_allocation_refresh_zero_of_one_family_deletes_only_that_family() {
+    // RFC 8656 §8.1: a Refresh with REQUESTED-ADDRESS-FAMILY and LIFETIME 0 deletes that
+    // family's relayed address and "destroys any permissions or channels associated with" it;
+    // those of the other family are untouched. §8.2: REQUESTED-ADDRESS-FAMILY of a family the
+    // allocation (no longer) has → 443. Deleting the last family deletes the allocation.
+    let mut h = Harness::new(dual_cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let (v4, v6) = h.alloc_dual(&mut c);
+    h.permit(&mut c, &[p1(), p6()])
+        .assert_ok(method::CREATE_PERMISSION);
+    h.channel_bind(&mut c, 0x4000, p6())
+        .assert_ok(method::CHANNEL_BIND);
+    h.channel_bind(&mut c, 0x4001, p1())
+        .assert_ok(method::CHANNEL_BIND);
+
+    let r = h.refresh_family(&mut c, 2, Some(0));
+    r.assert_ok(method::REFRESH);
+    c.assert_signed(&r);
+    assert_eq!(r.u32(attr::LIFETIME), Some(0));
+    assert_eq!(h.closes, vec![v6.id]);
+    assert_eq!(h.engine.allocation_count(), 1);
+    assert_eq!(h.shared.ports_in_use(), 1);
+    assert_eq!(h.shared.total_allocations(), 1);
+    // IPv6: gone both ways.
+    assert!(h.peer_datagram(v6.id, p6(), b"x").is_none());
+    assert!(h
+        .client_datagram(c.tuple, &send_indication(p6(), b"x"))
+        .is_none());
+    assert!(h
+        .client_datagram(c.tuple, &channel_data(0x4000, b"x", false))
+        .is_none());
+    h.permit(&mut c, &[p6()])
+        .assert_err(method::CREATE_PERMISSION, 443);
+    h.channel_bind(&mut c, 0x4002, p6())
+        .assert_err(method::CHANNEL_BIND, 443);
+    h.refresh_family(&mut c, 2, None)
+        .assert_err(method::REFRESH, 443);
+    let a = h.engine.allocations().next().unwrap();
+    assert!(a.relays[V6].is_none());
+    assert_eq!(a.permissions.len(), 1);
+    assert_eq!(a.permissions[0].ip, p1().ip());
+    assert_eq!(a.channels.len(), 1);
+    assert_eq!((a.channels[0].number, a.channels[0].peer), (0x4001, p1()));
+    // IPv4: permission and channel still there.
+    let out = h
+        .client_datagram(c.tuple, &channel_data(0x4001, b"v4", false))
+        .unwrap();
+    assert_eq!((out.relay, out.peer), (v4.id, p1()));
+    let (_, bytes) = h.peer_datagram(v4.id, p1(), b"v4").unwrap();
+    assert_eq!(bytes, channel_data(0x4001, b"v4", false));
+    // The destroyed channel's number is free again (deleted, not expired: no cool-down).
+    h.channel_bind(&mut c, 0x4000, p2())
+        .assert_ok(method::CHANNEL_BIND);
+
+    // The last family: the allocation goes.
+    let r = h.refresh_family(&mut c, 1, Some(0));
+    r.assert_ok(method::REFRESH);
+    assert_eq!(h.closes, vec![v6.id, v4.id]);
+    assert_eq!(h.engine.allocation_count(), 0);
+    assert_eq!(h.shared.ports_in_use(), 0);
+    assert_eq!(h.shared.total_allocations(), 0);
+    assert_eq!(h.engine.stats.allocations_deleted, 1);
+    h.refresh(&mut c, None).assert_err(method::REFRESH, 437);
+}
+
+#[test]
+fn dual_allocation_families_have_their_own_lifetime() {
+    // RFC 8656 §8.1: "When refreshing a dual allocation, the client includes a
+    // REQUESTED-ADDRESS-FAMILY attribute indicating the address family type that should be
+    // refreshed"; without it the Refresh is for both. Each relayed address expires on its own.
+    let mut h = Harness::new(dual_cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let (v4, v6) = h.alloc_dual(&mut c);
+    h.permit(&mut c, &[p1(), p6()])
+        .assert_ok(method::CREATE_PERMISSION);
+    h.set_time(100);
+    let r = h.refresh_family(&mut c, 2, Some(1200));
+    r.assert_ok(method::REFRESH);
+    assert_eq!(r.u32(attr::LIFETIME), Some(1200));
+    h.set_time(599);
+    assert!(h.closes.is_empty());
+    // The IPv4 relayed address was not refreshed: it expires at 600, the IPv6 one lives on.
+    h.set_time(600);
+    assert_eq!(h.closes, vec![v4.id]);
+    assert_eq!(h.engine.allocation_count(), 1);
+    assert_eq!(h.shared.ports_in_use(), 1);
+    assert!(h
+        .client_datagram(c.tuple, &send_indication(p1(), b"x"))
+        .is_none());
+    assert!(h.peer_datagram(v4.id, p1(), b"x").is_none());
+    h.permit(&mut c, &[p6()])
+        .assert_ok(method::CREATE_PERMISSION);
+    let (peer, _) = h.data_indication(v6.id, p6(), b"alive", c.tuple);
+    assert_eq!(peer, p6());
+    h.refresh_family(&mut c, 1, None)
+        .assert_err(method::REFRESH, 443);
+    // Without REQUESTED-ADDRESS-FAMILY: every relayed address the allocation still has.
+    h.set_time(800);
+    h.refresh(&mut c, None).assert_ok(method::REFRESH);
+    h.set_time(1300);
+    assert_eq!(h.engine.allocation_count(), 1);
+    h.set_time(1400);
+    assert_eq!(h.closes, vec![v4.id, v6.id]);
+    assert_eq!(h.engine.allocation_count(), 0);
+    assert_eq!(h.shared.ports_in_use(), 0);
+    assert_eq!(h.shared.total_allocations(), 0);
+}
+
 // ================================================================================== codec limits
 
 #[test]
@@ -2550,6 +3119,11 @@ fn fuzzed_datagrams_do_not_break_the_engine() {
             });
             corpus.push(req);
         }
+        let (_, dual) = c.build(method::ALLOCATE, &|w| {
+            transport_udp(w);
+            additional_v6(w);
+        });
+        corpus.push(dual);
         assert!(h.peer_datagram(relay, p1(), b"warm").is_some());
     }
     corpus.push(send_indication(p1(), b"payload"));
@@ -2634,6 +3208,8 @@ fn fuzzed_datagrams_do_not_break_the_engine() {
                 };
                 let even = rng.one_in(4);
                 let v6 = rng.one_in(4);
+                let dual = rng.one_in(2);
+                let family = rng.pick(&[0u8, 0, 1, 2]);
                 let lifetime = rng.pick(&[0u32, 600, 1200, 3600]);
                 let m = rng.pick(&[
                     method::ALLOCATE,
@@ -2651,10 +3227,15 @@ fn fuzzed_datagrams_do_not_break_the_engine() {
                             w.attr(attr::EVEN_PORT, &[0x80]);
                         } else if v6 {
                             w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+                        } else if dual {
+                            additional_v6(w);
                         }
                     }
                     method::REFRESH => {
                         w.u32(attr::LIFETIME, lifetime);
+                        if family != 0 {
+                            w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[family, 0, 0, 0]);
+                        }
                     }
                     method::CREATE_PERMISSION => {
                         w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
@@ -2697,7 +3278,11 @@ fn fuzzed_datagrams_do_not_break_the_engine() {
             }
             30..=38 => {
                 // Peer datagrams on random relays, with exact or extra headroom.
-                let live: Vec<RelayId> = h.engine.allocations().map(|a| a.relay).collect();
+                let live: Vec<RelayId> = h
+                    .engine
+                    .allocations()
+                    .flat_map(|a| a.relays.iter().flatten().map(|r| r.id))
+                    .collect();
                 let relay = if !live.is_empty() && !rng.one_in(4) {
                     rng.pick(&live)
                 } else {
@@ -2751,7 +3336,13 @@ fn fuzzed_datagrams_do_not_break_the_engine() {
             h.shared.total_allocations() as usize,
             h.engine.allocation_count()
         );
-        assert!(h.shared.ports_in_use() >= h.engine.allocation_count());
+        // Every relayed address holds a port (reservations hold more).
+        let relays: usize = h
+            .engine
+            .allocations()
+            .map(|a| a.relays.iter().flatten().count())
+            .sum();
+        assert!(h.shared.ports_in_use() >= relays);
     }
 
     // Afterwards: everything can be torn down, nothing leaks, and a normal client works.
@@ -2785,4 +3376,48 @@ fn fuzzed_datagrams_do_not_break_the_engine() {
     );
     let (_, bytes) = h.peer_datagram(relay, p2(), b"d").unwrap();
     assert_eq!(bytes, channel_data(0x4000, b"d", false));
+}
+
+#[test]
+fn dual_allocation_with_draft_code_point() {
+    // coturn's turnutils_uclient -Z sends ADDITIONAL-ADDRESS-FAMILY under the pre-RFC 8656
+    // code point 0x8032; it is accepted as an alias and gives the same dual allocation.
+    let mut h = Harness::new(dual_cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let r = h.allocate(&mut c, &|w| {
+        w.attr(attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT, &[2, 0, 0, 0]);
+    });
+    r.assert_ok(method::ALLOCATE);
+    assert_eq!(h.binds.len(), 2);
+    let relayed = r.relayed();
+    assert_eq!(relayed.len(), 2);
+    assert!(relayed[0].is_ipv4() && relayed[1].is_ipv6());
+}
+
+#[test]
+fn tcp_allocation_rules() {
+    // RFC 6062 §5.1: REQUESTED-TRANSPORT TCP needs a TCP/TLS client leg and excludes
+    // DONT-FRAGMENT, EVEN-PORT and RESERVATION-TOKEN; over TCP it binds a TCP listener.
+    let mut h = Harness::new(cfg());
+    let tcp_tuple = FiveTuple {
+        transport: Transport::Tcp,
+        ..udp("198.51.100.20:40000")
+    };
+    let mut c = Client::new(tcp_tuple, "alice", "alice-pw");
+    let r = h.transact(&mut c, method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        w.attr(attr::EVEN_PORT, &[0]);
+    });
+    r.assert_err(method::ALLOCATE, 400);
+    let r = h.transact(&mut c, method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    r.assert_ok(method::ALLOCATE);
+    // ChannelBind and Send do not apply to a TCP allocation.
+    let peer: SocketAddr = "203.0.113.5:5000".parse().unwrap();
+    h.transact(&mut c, method::CHANNEL_BIND, &|w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0, 0, 0])
+            .xor_addr(attr::XOR_PEER_ADDRESS, peer);
+    })
+    .assert_err(method::CHANNEL_BIND, 400);
 }

@@ -88,6 +88,8 @@ run_uclient tcp-1000B-5x200 -t -c -m 5 -n 200 -l 1000 -z 10 -e 127.0.0.1 -r "$PE
 echo "== TLS client leg (-t -S) on port $TLS_PORT"
 UCLIENT_PORT=$TLS_PORT run_uclient tls-channeldata-10x300 -t -S -c -m 10 -n 300 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
 UCLIENT_PORT=$TLS_PORT run_uclient tls-send-indication-5x300 -t -S -s -c -m 5 -n 300 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
+echo "== RFC 8656 dual allocation (-Z: IPv4 + IPv6 relayed addresses in one allocation)"
+run_uclient dual-allocation-4x200 -Z -c -m 4 -n 200 -l 100 -z 10 -e 127.0.0.1 -r "$PEER_PORT"
 echo "== RFC 6062 TCP allocations (-T: client-to-client over TCP relayed addresses)"
 run_uclient tcp-relay-4x200 -T -m 4 -n 200 -l 100 -z 10
 UCLIENT_PORT=$TLS_PORT run_uclient tcp-relay-tls-4x200 -T -S -m 4 -n 200 -l 100 -z 10
