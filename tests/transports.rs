@@ -464,3 +464,149 @@ fn tls_certificate_hot_reload() {
     drop((c1, s2, s3));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ------------------------------------------------------------------------- RFC 6062 TCP relay
+
+/// A TCP echo server on loopback, bounded in connections.
+fn tcp_echo_peer() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(8) {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut b = [0u8; 4096];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+impl<S: Read + Write> StreamClient<S> {
+    fn allocate_tcp(&mut self) -> SocketAddr {
+        let resp = self.expect_success(method::ALLOCATE, |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        });
+        let m = Message::parse(&resp).unwrap();
+        decode_xor_addr(
+            m.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+            &m.transaction_id(),
+        )
+        .unwrap()
+    }
+
+    /// Connect → Ok(CONNECTION-ID) or Err(error code).
+    fn connect(&mut self, peer: SocketAddr) -> Result<u32, u16> {
+        let resp = self.request(method::CONNECT, |w| {
+            w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+        });
+        let m = Message::parse(&resp).unwrap();
+        match m.class {
+            Class::Success => Ok(u32::from_be_bytes(
+                m.get(attr::CONNECTION_ID).unwrap().try_into().unwrap(),
+            )),
+            _ => Err(decode_error_code(m.get(attr::ERROR_CODE).unwrap())
+                .unwrap()
+                .0),
+        }
+    }
+
+    /// ConnectionBind on this (new) connection → Ok(()) or Err(code).
+    fn connection_bind(&mut self, id: u32) -> Result<(), u16> {
+        let resp = self.request(method::CONNECTION_BIND, |w| {
+            w.u32(attr::CONNECTION_ID, id);
+        });
+        let m = Message::parse(&resp).unwrap();
+        match m.class {
+            Class::Success => Ok(()),
+            _ => Err(decode_error_code(m.get(attr::ERROR_CODE).unwrap())
+                .unwrap()
+                .0),
+        }
+    }
+}
+
+fn read_exact_within(s: &mut impl Read, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    s.read_exact(&mut out).expect("bytes from the other side");
+    out
+}
+
+#[test]
+fn rfc6062_connect_bind_and_relay() {
+    let srv = tcp_server(35);
+    let addr = srv.server().tcp_addrs()[0];
+    let peer = tcp_echo_peer();
+    let mut control = StreamClient::new(tcp(addr));
+    let relayed = control.allocate_tcp();
+    assert!(srv.in_relay_range(relayed));
+    let id = control.connect(peer).expect("Connect succeeds");
+    // §5.2: a second connection to the same peer → 446.
+    assert_eq!(control.connect(peer), Err(446));
+    // §5.4: ConnectionBind on a new connection, then it carries the peer's bytes.
+    let mut data = StreamClient::new(tcp(addr));
+    data.connection_bind(id).expect("ConnectionBind succeeds");
+    let mut raw = data.s;
+    for i in 0..50usize {
+        let msg: Vec<u8> = (0..(1 + i * 13)).map(|x| (x ^ i) as u8).collect();
+        raw.write_all(&msg).unwrap();
+        assert_eq!(read_exact_within(&mut raw, msg.len()), msg);
+    }
+    // An unknown (or already bound) CONNECTION-ID → 400.
+    let mut again = StreamClient::new(tcp(addr));
+    assert_eq!(again.connection_bind(id), Err(400));
+}
+
+#[test]
+fn rfc6062_connect_failure_is_447() {
+    let srv = tcp_server(36);
+    let addr = srv.server().tcp_addrs()[0];
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut control = StreamClient::new(tcp(addr));
+    control.allocate_tcp();
+    assert_eq!(control.connect(closed), Err(447));
+}
+
+#[test]
+fn rfc6062_incoming_connection_attempt() {
+    let srv = tcp_server(37);
+    let addr = srv.server().tcp_addrs()[0];
+    let mut control = StreamClient::new(tcp(addr));
+    let relayed = control.allocate_tcp();
+    // §5.3: without a permission, a peer's connection is refused.
+    let mut stranger = tcp(relayed);
+    let mut b = [0u8; 1];
+    assert!(matches!(stranger.read(&mut b), Ok(0) | Err(_)));
+    // With one, the client hears a ConnectionAttempt and binds it.
+    control.create_permission("127.0.0.1:1".parse().unwrap());
+    let mut peer = tcp(relayed);
+    let local = peer.local_addr().unwrap();
+    let f = control.frame();
+    let m = Message::parse(&f).unwrap();
+    assert_eq!(
+        (m.method, m.class),
+        (method::CONNECTION_ATTEMPT, Class::Indication)
+    );
+    let from = decode_xor_addr(m.get(attr::XOR_PEER_ADDRESS).unwrap(), &m.transaction_id());
+    assert_eq!(from, Some(local));
+    let id = u32::from_be_bytes(m.get(attr::CONNECTION_ID).unwrap().try_into().unwrap());
+    let mut data = StreamClient::new(tcp(addr));
+    data.connection_bind(id).unwrap();
+    let mut raw = data.s;
+    peer.write_all(b"hello from the peer").unwrap();
+    assert_eq!(read_exact_within(&mut raw, 19), b"hello from the peer");
+    raw.write_all(b"and back").unwrap();
+    assert_eq!(read_exact_within(&mut peer, 8), b"and back");
+    // Either side closing ends the other.
+    drop(raw);
+    assert!(matches!(peer.read(&mut b), Ok(0) | Err(_)));
+}

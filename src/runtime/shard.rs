@@ -548,6 +548,15 @@ impl Shard {
                 }
                 c.rbuf.drain(..off);
                 self.flush(now);
+                // A ConnectionBind may just have turned this stream into a splice: what
+                // follows is raw peer data, not TURN framing.
+                if let Some(Some(Conn {
+                    partner: Some(p), ..
+                })) = self.conns.get(ci)
+                {
+                    let p = *p;
+                    return self.pump_splice(ci, p, now);
+                }
             }
             if close || would_block {
                 break;
