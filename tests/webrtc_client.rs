@@ -102,6 +102,36 @@ async fn allocate_and_relay_200_echoes() {
     close(c).await;
 }
 
+/// The independent client over IPv6: client leg on [::1] (XOR-MAPPED-ADDRESS XORed with the
+/// transaction ID, RFC 8489 §14.2), IPv4 relayed address (webrtc-rs asks for the default
+/// family), echoes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_client_leg_allocates_and_relays() {
+    let server = start_server(ServerOpts::block(12).runtime(|c| {
+        c.listen.push("[::1]:0".parse().unwrap());
+    }));
+    let v6 = *server
+        .server()
+        .local_addrs()
+        .iter()
+        .find(|a| a.is_ipv6())
+        .expect("an IPv6 listener");
+    let peer = echo_peer().await;
+    let c = turn_client(v6, USER, PASS).await;
+    let mapped = within(STEP, "binding", c.client.send_binding_request())
+        .await
+        .expect("binding over IPv6");
+    assert_eq!(mapped, c.local);
+    assert!(mapped.is_ipv6());
+    let relay = allocate(&c).await;
+    assert!(server.in_relay_range(relay.local_addr().unwrap()));
+    for i in 0..50 {
+        round_trip(&relay, peer.addr, &payload(i, 3)).await;
+    }
+    assert_eq!(peer.echoed.load(Ordering::Relaxed), 50);
+    close(c).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Send / Data indications
 // ---------------------------------------------------------------------------------------------

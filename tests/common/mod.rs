@@ -6,7 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -208,7 +208,7 @@ pub fn start_server(opts: ServerOpts) -> TestServer {
         (opts.runtime)(&mut cfg);
         match Server::start(&cfg) {
             Ok(server) => {
-                assert_eq!(server.local_addrs(), &[listen]);
+                assert_eq!(server.local_addrs()[0], listen);
                 return TestServer {
                     server: Some(server),
                     addr: listen,
@@ -277,7 +277,13 @@ pub struct TurnClient {
 }
 
 pub async fn turn_client(server: SocketAddr, user: &str, pass: &str) -> TurnClient {
-    let socket = Arc::new(UdpSocket::bind((LOOPBACK, 0)).await.expect("bind client"));
+    // Same family as the server address ([::1] for the IPv6 tests).
+    let local_ip: IpAddr = if server.is_ipv6() {
+        Ipv6Addr::LOCALHOST.into()
+    } else {
+        LOOPBACK
+    };
+    let socket = Arc::new(UdpSocket::bind((local_ip, 0)).await.expect("bind client"));
     let local = socket.local_addr().expect("client addr");
     let client = Client::new(ClientConfig {
         stun_serv_addr: server.to_string(),
