@@ -387,6 +387,8 @@ struct Harness {
     closes: Vec<RelayId>,
     /// The last bind answered with Ok.
     last_bound: Option<(RelayId, SocketAddr)>,
+    /// RFC 6062 commands (Connect, Splice, DropPeer), left for the test to answer.
+    peer_cmds: Vec<RelayCommand>,
 }
 
 impl Harness {
@@ -405,6 +407,7 @@ impl Harness {
             binds: Vec::new(),
             closes: Vec::new(),
             last_bound: None,
+            peer_cmds: Vec::new(),
         }
     }
 
@@ -437,10 +440,9 @@ impl Harness {
                 }
                 RelayCommand::Close { relay } => self.closes.push(relay),
                 RelayCommand::BindTcp { relay, addr } => self.answer_bind(relay, addr),
-                // RFC 6062 connections are driven by the tests in tests/tcp_relay.rs.
-                RelayCommand::Connect { .. }
+                c @ (RelayCommand::Connect { .. }
                 | RelayCommand::Splice { .. }
-                | RelayCommand::DropPeer { .. } => {}
+                | RelayCommand::DropPeer { .. }) => self.peer_cmds.push(c),
             }
         }
     }
@@ -3420,4 +3422,138 @@ fn tcp_allocation_rules() {
             .xor_addr(attr::XOR_PEER_ADDRESS, peer);
     })
     .assert_err(method::CHANNEL_BIND, 400);
+}
+
+fn tcp_tuple(client: &str) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Tcp,
+        ..udp(client)
+    }
+}
+
+/// A client with a TCP allocation (RFC 6062 §5.1); returns its relay id.
+fn tcp_allocation(h: &mut Harness, c: &mut Client) -> RelayId {
+    h.transact(c, method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    })
+    .assert_ok(method::ALLOCATE);
+    h.last_bound.expect("a TCP relay was bound").0
+}
+
+#[test]
+fn tcp_connect_result_and_timeout() {
+    // RFC 6062 §5.2: Connect is answered when the runtime reports the handshake: success with
+    // CONNECTION-ID; failure, or no result within 30 s → 447.
+    let mut h = Harness::new(cfg());
+    let mut c = Client::new(tcp_tuple("198.51.100.20:40000"), "alice", "alice-pw");
+    tcp_allocation(&mut h, &mut c);
+    let peer: SocketAddr = "203.0.113.5:80".parse().unwrap();
+    let connect = |h: &mut Harness, c: &mut Client, p: SocketAddr| {
+        let (_, req) = c.build(method::CONNECT, &|w| {
+            w.xor_addr(attr::XOR_PEER_ADDRESS, p);
+        });
+        assert!(
+            h.send(c.tuple, &req).is_empty(),
+            "answered only when connected"
+        );
+        match h.peer_cmds.pop() {
+            Some(RelayCommand::Connect { conn_id, peer, .. }) => {
+                assert_eq!(peer, p);
+                conn_id
+            }
+            other => panic!("expected a Connect command, got {other:?}"),
+        }
+    };
+    // Success.
+    let id = connect(&mut h, &mut c, peer);
+    h.engine.on_tcp_connected(h.now, id, Ok(()));
+    let r = Resp(h.engine.poll_transmit().unwrap().data);
+    r.assert_ok(method::CONNECT);
+    assert_eq!(r.u32(attr::CONNECTION_ID), Some(id));
+    // A second Connect to that peer → 446.
+    h.transact(&mut c, method::CONNECT, &|w| {
+        w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+    })
+    .assert_err(method::CONNECT, 446);
+    // Refused → 447.
+    let id2 = connect(&mut h, &mut c, "203.0.113.6:80".parse().unwrap());
+    h.engine
+        .on_tcp_connected(h.now, id2, Err(ErrorKind::ConnectionRefused));
+    Resp(h.engine.poll_transmit().unwrap().data).assert_err(method::CONNECT, 447);
+    // No answer in 30 s → 447, and the runtime is told to drop the attempt.
+    let id3 = connect(&mut h, &mut c, "203.0.113.7:80".parse().unwrap());
+    h.set_time(31);
+    let mut answers = Vec::new();
+    while let Some(t) = h.engine.poll_transmit() {
+        answers.push(Resp(t.data));
+    }
+    assert_eq!(answers.len(), 1);
+    answers[0].assert_err(method::CONNECT, 447);
+    assert!(h
+        .peer_cmds
+        .iter()
+        .any(|c| matches!(c, RelayCommand::DropPeer { conn_id } if *conn_id == id3)));
+}
+
+#[test]
+fn tcp_connection_attempt_bind_and_expiry() {
+    // RFC 6062 §5.3/§5.4: an incoming peer connection needs a permission; it is announced with
+    // ConnectionAttempt and bound by ConnectionBind on another connection within 30 s.
+    let mut h = Harness::new(cfg());
+    let mut c = Client::new(tcp_tuple("198.51.100.20:40000"), "alice", "alice-pw");
+    let relay = tcp_allocation(&mut h, &mut c);
+    let peer: SocketAddr = "203.0.113.5:3333".parse().unwrap();
+    assert_eq!(
+        h.engine.on_peer_tcp_accepted(h.now, relay, peer),
+        None,
+        "no permission"
+    );
+    h.transact(&mut c, method::CREATE_PERMISSION, &|w| {
+        w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+    })
+    .assert_ok(method::CREATE_PERMISSION);
+    let id = h
+        .engine
+        .on_peer_tcp_accepted(h.now, relay, peer)
+        .expect("accepted");
+    let t = h.engine.poll_transmit().expect("ConnectionAttempt");
+    assert_eq!(t.tuple, c.tuple);
+    let m = Message::parse(&t.data).unwrap();
+    assert_eq!(
+        (m.method, m.class),
+        (method::CONNECTION_ATTEMPT, Class::Indication)
+    );
+    assert_eq!(
+        m.get(attr::CONNECTION_ID)
+            .and_then(crate::codec::stun::decode_u32),
+        Some(id)
+    );
+    // ConnectionBind on the control connection itself → 400; on a new one → success + Splice.
+    h.transact(&mut c, method::CONNECTION_BIND, &|w| {
+        w.u32(attr::CONNECTION_ID, id);
+    })
+    .assert_err(method::CONNECTION_BIND, 400);
+    let mut data = Client::new(tcp_tuple("198.51.100.20:40001"), "alice", "alice-pw");
+    h.transact(&mut data, method::CONNECTION_BIND, &|w| {
+        w.u32(attr::CONNECTION_ID, id);
+    })
+    .assert_ok(method::CONNECTION_BIND);
+    assert!(matches!(
+        h.peer_cmds.pop(),
+        Some(RelayCommand::Splice { tuple, conn_id }) if tuple == data.tuple && conn_id == id
+    ));
+    // Another peer connection left unbound for 30 s is dropped; a late bind gets 400.
+    let peer2: SocketAddr = "203.0.113.5:4444".parse().unwrap();
+    let id2 = h.engine.on_peer_tcp_accepted(h.now, relay, peer2).unwrap();
+    while h.engine.poll_transmit().is_some() {}
+    h.set_time(31);
+    assert!(h
+        .peer_cmds
+        .iter()
+        .any(|c| matches!(c, RelayCommand::DropPeer { conn_id } if *conn_id == id2)));
+    let mut late = Client::new(tcp_tuple("198.51.100.20:40002"), "alice", "alice-pw");
+    h.transact(&mut late, method::CONNECTION_BIND, &|w| {
+        w.u32(attr::CONNECTION_ID, id2);
+    })
+    .assert_err(method::CONNECTION_BIND, 400);
 }
