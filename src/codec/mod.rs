@@ -29,7 +29,9 @@ pub fn long_term_key_md5(user: &str, realm: &str, pass: &str) -> [u8; 16] {
 
 /// RFC 8489 §9.2.2: key = SHA-256(username ":" realm ":" password) for PASSWORD-ALGORITHM SHA-256.
 pub fn long_term_key_sha256(user: &str, realm: &str, pass: &str) -> [u8; 32] {
-    colon_joined::<Sha256>(&[user, realm, pass]).finalize().into()
+    colon_joined::<Sha256>(&[user, realm, pass])
+        .finalize()
+        .into()
 }
 
 /// RFC 8489 §14.4: USERHASH = SHA-256(username ":" realm).

@@ -355,15 +355,7 @@ impl Engine {
                 return ClientAction::None;
             }
         };
-        a.to_peer_packets += 1;
-        a.to_peer_bytes += payload.len() as u64;
-        self.stats.packets_to_peer += 1;
-        self.stats.bytes_to_peer += payload.len() as u64;
-        ClientAction::ToPeer {
-            relay,
-            peer,
-            payload,
-        }
+        to_peer(&mut self.stats, a, relay, peer, payload)
     }
 
     /// A datagram from `peer` on relay socket `relay`, held in `buf[start..start + len]` with
@@ -464,15 +456,7 @@ impl Engine {
             self.stats.peers_denied += 1;
             return ClientAction::None;
         }
-        a.to_peer_packets += 1;
-        a.to_peer_bytes += payload.len() as u64;
-        self.stats.packets_to_peer += 1;
-        self.stats.bytes_to_peer += payload.len() as u64;
-        ClientAction::ToPeer {
-            relay,
-            peer,
-            payload,
-        }
+        to_peer(&mut self.stats, a, relay, peer, payload)
     }
 
     // ------------------------------------------------------------------ control path
@@ -1447,6 +1431,26 @@ impl std::fmt::Display for RelayAddrs<'_> {
             write!(f, "{}", r.addr)?;
         }
         Ok(())
+    }
+}
+
+/// Count a client → peer datagram (allocation and shard counters) and hand it to the runtime.
+#[inline(always)]
+fn to_peer<'a>(
+    stats: &mut Stats,
+    a: &mut Allocation,
+    relay: RelayId,
+    peer: SocketAddr,
+    payload: &'a [u8],
+) -> ClientAction<'a> {
+    a.to_peer_packets += 1;
+    a.to_peer_bytes += payload.len() as u64;
+    stats.packets_to_peer += 1;
+    stats.bytes_to_peer += payload.len() as u64;
+    ClientAction::ToPeer {
+        relay,
+        peer,
+        payload,
     }
 }
 
