@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use ferroturn::runtime::cli::{Cli, Command};
+use ferroturn::runtime::cli::{Cli, Command, CredentialsArgs};
 use ferroturn::runtime::config::{self, Config};
 use ferroturn::runtime::Server;
 
@@ -13,8 +13,10 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig) = &cli.command {
-        return config::check_config(&cli);
+    match &cli.command {
+        Some(Command::CheckConfig) => return config::check_config(&cli),
+        Some(Command::Credentials(args)) => return credentials(&cli, args),
+        None => {}
     }
     let cfg = match config::load(&cli) {
         Ok(c) => c,
@@ -88,6 +90,57 @@ async fn control_loop(cli: &Cli, server: &Server) {
             },
         }
     }
+}
+
+/// `ferroturn credentials`: TURN REST API username/password (the coturn recipe), as JSON.
+fn credentials(cli: &Cli, args: &CredentialsArgs) -> ExitCode {
+    let secret = match &args.secret {
+        Some(s) => s.clone(),
+        None => match config::load(cli) {
+            Ok(cfg) => match cfg.engine.auth_secrets.first() {
+                Some(s) => s.clone(),
+                None => {
+                    eprintln!(
+                        "ferroturn: no --secret and no static-auth-secret in the configuration"
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            Err(e) => {
+                eprintln!("ferroturn: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let username = format!("{}:{}", now + args.ttl, args.user);
+    let password = ferroturn::engine::auth::rest_password(&secret, &username);
+    let uris: Vec<String> = args.uris.iter().map(|u| json_string(u)).collect();
+    println!(
+        "{{\"urls\":[{}],\"username\":{},\"credential\":{}}}",
+        uris.join(","),
+        json_string(&username),
+        json_string(&password)
+    );
+    ExitCode::SUCCESS
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn init_logging(cfg: &Config) -> Result<(), String> {

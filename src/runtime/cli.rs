@@ -178,6 +178,25 @@ pub enum Command {
     /// Load and validate the configuration, print a summary (no secrets) and exit:
     /// 0 = valid, 2 = invalid.
     CheckConfig,
+    /// Mint short-lived TURN REST API credentials and print them as an `iceServers` entry.
+    /// The secret comes from --secret, else from the config's first static-auth-secret.
+    Credentials(CredentialsArgs),
+}
+
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct CredentialsArgs {
+    /// Shared secret (TURN REST API); default: the config's first static-auth-secret.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// User id appended to the expiry timestamp (username = "expiry:user").
+    #[arg(long, default_value = "user")]
+    pub user: String,
+    /// Lifetime of the credential in seconds.
+    #[arg(long, default_value_t = 86400)]
+    pub ttl: u64,
+    /// TURN URI(s) to put in the iceServers entry; repeatable.
+    #[arg(long = "uri", default_value = "turn:127.0.0.1:3478")]
+    pub uris: Vec<String>,
 }
 
 #[cfg(test)]
