@@ -1,0 +1,187 @@
+//! ferroturn-bench end to end: an in-process ferroturn on loopback, the bench binary against it
+//! in channel, send and client-to-client modes at a low paced rate, and --allocate-only.
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ferroturn::runtime::cli::Cli;
+use ferroturn::runtime::config;
+use ferroturn::runtime::Server;
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_ferroturn-bench");
+
+/// A free UDP port on 127.0.0.1 (the config refuses port 0).
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Relay ports come from `ports` (outside the kernel's ephemeral range, where the client
+/// sockets live).
+fn start_server(ports: (&str, &str), extra: &[&str]) -> (Server, String) {
+    for _ in 0..10 {
+        let port = free_port();
+        let port_s = port.to_string();
+        let mut args = vec![
+            "ferroturn",
+            "--listening-ip",
+            "127.0.0.1",
+            "--listening-port",
+            &port_s,
+            "--relay-ip",
+            "127.0.0.1",
+            "--min-port",
+            ports.0,
+            "--max-port",
+            ports.1,
+            "--realm",
+            "bench.test",
+            "--user",
+            "bench:benchpass",
+            "--allow-loopback-peers",
+            "--relay-threads",
+            "1",
+            "--log-level",
+            "off",
+        ];
+        args.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(args).unwrap();
+        let cfg = config::load(&cli).unwrap();
+        if let Ok(s) = Server::start(&cfg) {
+            return (s, format!("127.0.0.1:{port}"));
+        }
+    }
+    panic!("could not start a server");
+}
+
+fn bench(args: &[&str]) -> (Value, std::process::Output) {
+    let t = Instant::now();
+    let out = Command::new(BENCH)
+        .args(args)
+        .args(["--json", "--quiet"])
+        .output()
+        .expect("run ferroturn-bench");
+    assert!(t.elapsed() < Duration::from_secs(15), "bench took too long");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v, out)
+}
+
+fn check_data(v: &Value, kind: &str) {
+    assert!(v["delivered"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["loss_pct"].as_f64().unwrap(), 0.0, "{v}");
+    assert!(v["latency_us"]["p50"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["latency_kind"], kind, "{v}");
+    assert_eq!(v["teardown"]["deleted"], v["allocations_ok"], "{v}");
+}
+
+#[test]
+fn bench_against_ferroturn() {
+    let (server, addr) = start_server(("61000", "61999"), &[]);
+    let common = [
+        "--server",
+        &addr,
+        "--user",
+        "bench",
+        "--password",
+        "benchpass",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.2",
+    ];
+    // ChannelData through the built-in echo peer
+    let mut a = common.to_vec();
+    a.extend(["--allocations", "4", "--mode", "channel"]);
+    let (v, out) = bench(&a);
+    assert!(out.status.success(), "{v}");
+    check_data(&v, "rtt");
+    assert_eq!(v["allocations_ok"], 4);
+    let sent = v["sent"].as_u64().unwrap();
+    assert!((3600..=4400).contains(&sent), "paced 2000/s for 2 s: {v}");
+
+    // Send/Data indications
+    let mut a = common.to_vec();
+    a.extend(["--allocations", "4", "--mode", "send"]);
+    let (v, out) = bench(&a);
+    assert!(out.status.success(), "{v}");
+    check_data(&v, "rtt");
+
+    // client to client
+    let mut a = common.to_vec();
+    a.extend(["--allocations", "4", "--c2c", "--threads", "2"]);
+    let (v, out) = bench(&a);
+    assert!(out.status.success(), "{v}");
+    check_data(&v, "one-way");
+
+    // authenticated allocations per second
+    let (v, out) = bench(&[
+        "--server",
+        &addr,
+        "--user",
+        "bench",
+        "--password",
+        "benchpass",
+        "--allocate-only",
+        "--allocations",
+        "200",
+    ]);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["allocations_ok"], 200, "{v}");
+    assert_eq!(v["allocations_failed"], 0, "{v}");
+    assert!(v["allocs_per_s"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["teardown"]["deleted"], 200, "{v}");
+
+    // wrong password: one clear line, exit 1
+    let out = Command::new(BENCH)
+        .args(["--server", &addr, "--user", "bench", "--password", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("authentication failed (401)"), "{err}");
+
+    // everything was deleted
+    let t = Instant::now();
+    while server.allocation_count() != 0 && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.allocation_count(), 0);
+    server.shutdown();
+}
+
+#[test]
+fn bench_with_rest_secret() {
+    let (server, addr) = start_server(("62000", "62999"), &["--static-auth-secret", "s3cret"]);
+    let (v, out) = bench(&[
+        "--server",
+        &addr,
+        "--secret",
+        "s3cret",
+        "--allocations",
+        "2",
+        "--rate",
+        "500",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--drain",
+        "0.5",
+    ]);
+    assert!(out.status.success(), "{v}");
+    assert!(v["delivered"].as_u64().unwrap() > 0, "{v}");
+    server.shutdown();
+}
