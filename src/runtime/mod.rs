@@ -1,5 +1,6 @@
 //! The I/O layer: sockets, shard threads, config, CLI, signals. It drives the sans-IO
 //! [`crate::engine`]; the relay loop itself is [`shard`].
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod server;

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,10 +15,10 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, warn};
 
+use super::batch::{self, Batch, Out, BATCH};
 use crate::codec::framing::{self, MAX_FRAME};
 use crate::engine::{
     ClientAction, Engine, EngineConfig, FiveTuple, RelayCommand, Stats, Transport, PEER_HEADROOM,
-    PEER_TAILROOM,
 };
 
 const WAKER: Token = Token(0);
@@ -28,8 +29,15 @@ const RELAY_BASE: usize = 1 << 24;
 const CONNECT_BASE: usize = 1 << 40;
 /// Bytes read per splice step; the partner's buffer must have this much room.
 const SPLICE_CHUNK: usize = 16 * 1024;
-/// Largest UDP payload (IPv4: 65535 - 20 - 8).
-const MAX_DATAGRAM: usize = 65_507;
+/// An unused entry of a send batch.
+const NO_OUT: Out = Out {
+    to: SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        0,
+    )),
+    ptr: std::ptr::null(),
+    len: 0,
+};
 /// How often counters are published to the control thread.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Datagrams (or stream reads) taken from one socket before looking at the others.
@@ -142,8 +150,10 @@ struct Shard {
     recv_errors: u64,
     stream_drops: u64,
     opts: SocketOptions,
-    /// One receive buffer, reused for every datagram: headroom for the TURN header in front.
+    /// Stream reads land here first.
     buf: Vec<u8>,
+    /// recvmmsg slots for UDP listeners and relay sockets.
+    batch: Batch,
     shutdown: bool,
 }
 
@@ -192,7 +202,8 @@ pub fn spawn(
         recv_errors: 0,
         stream_drops: 0,
         opts,
-        buf: vec![0u8; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
+        buf: vec![0u8; MAX_FRAME],
+        batch: Batch::new(),
         shutdown: false,
     };
     let thread = std::thread::Builder::new()
@@ -299,40 +310,63 @@ impl Shard {
         }
     }
 
-    /// Client datagrams: ChannelData and Send indications go straight out of the relay socket;
-    /// control messages are answered after the engine has seen them.
+    /// Client datagrams, [`BATCH`] per system call: ChannelData and Send indications go out of
+    /// the relay sockets in `sendmmsg` batches (one per run of the same relay socket); control
+    /// messages are answered after the engine has seen them.
     fn read_udp_listener(&mut self, li: usize, now: Instant) {
-        for _ in 0..READ_BUDGET {
-            let Some(Listener::Udp(sock, server)) = self.listeners.get(li) else {
-                return;
-            };
-            let (n, client) = match sock.recv_from(&mut self.buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+        let Some(Listener::Udp(sock, server)) = self.listeners.get(li) else {
+            return;
+        };
+        let (fd, server) = (sock.as_raw_fd(), *server);
+        let mut outs = [NO_OUT; BATCH];
+        let mut via = [0u32; BATCH];
+        for _ in 0..READ_BUDGET / BATCH {
+            let n = match self.batch.recv(fd, 0) {
+                Ok(0) => return,
+                Ok(n) => n,
                 Err(e) => {
                     self.recv_errors += 1;
                     debug!(error = %e, "listener recv");
-                    continue;
+                    return;
                 }
             };
-            let tuple = FiveTuple {
-                client,
-                server: *server,
-                transport: Transport::Udp,
-            };
-            match self.engine.handle_client(now, tuple, &self.buf[..n]) {
-                ClientAction::ToPeer {
-                    relay,
-                    peer,
-                    payload,
-                } => {
-                    if let Some(Some(RelaySock::Udp(rs))) = self.relays.get(relay as usize) {
-                        if rs.send_to(payload, peer).is_err() {
-                            self.send_errors += 1;
-                        }
+            let mut k = 0;
+            for i in 0..n {
+                let tuple = FiveTuple {
+                    client: self.batch.from[i],
+                    server,
+                    transport: Transport::Udp,
+                };
+                let len = self.batch.len[i];
+                match self
+                    .engine
+                    .handle_client(now, tuple, &self.batch.slot(i)[..len])
+                {
+                    ClientAction::ToPeer {
+                        relay,
+                        peer,
+                        payload,
+                    } => {
+                        outs[k] = Out {
+                            to: peer,
+                            ptr: payload.as_ptr(),
+                            len: payload.len(),
+                        };
+                        via[k] = relay;
+                        k += 1;
+                    }
+                    ClientAction::None => {
+                        // Send what is collected first: the control message may close a relay
+                        // socket whose id a new allocation then reuses.
+                        self.send_to_peers(&outs[..k], &via[..k]);
+                        k = 0;
+                        self.flush(now);
                     }
                 }
-                ClientAction::None => self.flush(now),
+            }
+            self.send_to_peers(&outs[..k], &via[..k]);
+            if n < BATCH {
+                return;
             }
         }
         // Budget spent with data possibly left: edge-triggered readiness will not fire again
@@ -342,6 +376,24 @@ impl Shard {
                 self.poll
                     .registry()
                     .reregister(s, Token(LISTENER_BASE + li), Interest::READABLE);
+        }
+    }
+
+    /// `sendmmsg` per run of datagrams leaving by the same relay socket.
+    fn send_to_peers(&mut self, outs: &[Out], via: &[u32]) {
+        let mut s = 0;
+        while s < outs.len() {
+            let r = via[s];
+            let mut e = s + 1;
+            while e < outs.len() && via[e] == r {
+                e += 1;
+            }
+            if let Some(Some(RelaySock::Udp(rs))) = self.relays.get(r as usize) {
+                // SAFETY: the payloads point into `self.batch`, untouched until the next recv.
+                let dropped = unsafe { batch::send(rs.as_raw_fd(), &outs[s..e]) };
+                self.send_errors += dropped as u64;
+            }
+            s = e;
         }
     }
 
@@ -646,46 +698,72 @@ impl Shard {
         self.flush(now);
     }
 
-    /// Peer datagrams: received behind PEER_HEADROOM so the engine can frame them in place.
+    /// Peer datagrams, [`BATCH`] per system call, received behind PEER_HEADROOM so the engine
+    /// frames them in place; the ones for UDP clients leave in `sendmmsg` batches.
     fn read_relay(&mut self, relay: u32, now: Instant) {
-        if let Some(Some(RelaySock::Tcp(_))) = self.relays.get(relay as usize) {
-            return self.accept_peer(relay, now);
-        }
-        for _ in 0..READ_BUDGET {
-            let Some(Some(RelaySock::Udp(rs))) = self.relays.get(relay as usize) else {
-                return;
-            };
-            let end = PEER_HEADROOM + MAX_DATAGRAM;
-            let (n, peer) = match rs.recv_from(&mut self.buf[PEER_HEADROOM..end]) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+        let fd = match self.relays.get(relay as usize) {
+            Some(Some(RelaySock::Udp(rs))) => rs.as_raw_fd(),
+            Some(Some(RelaySock::Tcp(_))) => return self.accept_peer(relay, now),
+            _ => return,
+        };
+        let mut outs = [NO_OUT; BATCH];
+        let mut via = [SocketAddr::from(([0, 0, 0, 0], 0)); BATCH];
+        for _ in 0..READ_BUDGET / BATCH {
+            let n = match self.batch.recv(fd, PEER_HEADROOM) {
+                Ok(0) => return,
+                Ok(n) => n,
                 Err(_) => {
-                    // ICMP errors from earlier sends surface here (ECONNREFUSED): not fatal.
                     self.recv_errors += 1;
-                    continue;
+                    return;
                 }
             };
-            if let Some((tuple, range)) =
-                self.engine
-                    .handle_peer(now, relay, peer, &mut self.buf, PEER_HEADROOM, n)
-            {
+            let mut k = 0;
+            for i in 0..n {
+                let (peer, len) = (self.batch.from[i], self.batch.len[i]);
+                let slot = self.batch.slot_mut(i);
+                let Some((tuple, range)) =
+                    self.engine
+                        .handle_peer(now, relay, peer, slot, PEER_HEADROOM, len)
+                else {
+                    continue;
+                };
                 if tuple.transport == Transport::Udp {
-                    if let Some(Listener::Udp(ls, _)) = self
-                        .listeners
-                        .iter()
-                        .find(|l| matches!(l, Listener::Udp(_, a) if *a == tuple.server))
-                    {
-                        if ls.send_to(&self.buf[range], tuple.client).is_err() {
-                            self.send_errors += 1;
-                        }
-                    }
+                    outs[k] = Out {
+                        to: tuple.client,
+                        ptr: slot[range.clone()].as_ptr(),
+                        len: range.len(),
+                    };
+                    via[k] = tuple.server;
+                    k += 1;
                 } else if let Some(&ci) = self.conn_by_tuple.get(&tuple) {
                     if let Some(Some(c)) = self.conns.get_mut(ci) {
-                        if !queue_stream(c, self.poll.registry(), ci, &self.buf[range]) {
+                        if !queue_stream(c, self.poll.registry(), ci, &slot[range]) {
                             self.stream_drops += 1;
                         }
                     }
                 }
+            }
+            // One sendmmsg per run of the same listening socket (usually the whole batch).
+            let mut s = 0;
+            while s < k {
+                let server = via[s];
+                let mut e = s + 1;
+                while e < k && via[e] == server {
+                    e += 1;
+                }
+                if let Some(Listener::Udp(ls, _)) = self
+                    .listeners
+                    .iter()
+                    .find(|l| matches!(l, Listener::Udp(_, a) if *a == server))
+                {
+                    // SAFETY: the messages point into `self.batch`, untouched until the next recv.
+                    let dropped = unsafe { batch::send(ls.as_raw_fd(), &outs[s..e]) };
+                    self.send_errors += dropped as u64;
+                }
+                s = e;
+            }
+            if n < BATCH {
+                return;
             }
         }
         if let Some(Some(RelaySock::Udp(rs))) = self.relays.get_mut(relay as usize) {
