@@ -6,7 +6,7 @@ use tracing::{error, info, warn};
 
 use ferroturn::runtime::cli::{Cli, Command, CredentialsArgs};
 use ferroturn::runtime::config::{self, Config};
-use ferroturn::runtime::Server;
+use ferroturn::runtime::{notify, Server};
 
 /// Exit code for configuration and startup errors (bad config, port in use).
 const EXIT_CONFIG: u8 = 2;
@@ -56,6 +56,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(control_loop(&cli, &server));
+    notify::notify("STOPPING=1");
     info!(allocations = server.allocation_count(), "shutting down");
     server.shutdown();
     info!("stopped");
@@ -74,17 +75,37 @@ async fn control_loop(cli: &Cli, server: &Server) {
         error!("cannot install signal handlers; stopping");
         return;
     };
+    // Ready only now that SIGTERM and SIGHUP are handled.
+    notify::notify(&format!(
+        "READY=1\nSTATUS=listening on {:?}",
+        server.local_addrs()
+    ));
+    // systemd: watchdog pings and a status line with the allocation count.
+    let mut tick = tokio::time::interval(
+        notify::watchdog_interval().unwrap_or(std::time::Duration::from_secs(10)),
+    );
+    let watchdog = notify::watchdog_interval().is_some();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); return; }
             _ = int.recv() => { info!("SIGINT"); return; }
+            _ = tick.tick() => {
+                let status = format!("STATUS={} allocations", server.allocation_count());
+                if watchdog {
+                    notify::notify(&format!("WATCHDOG=1\n{status}"));
+                } else {
+                    notify::notify(&status);
+                }
+            }
             _ = hup.recv() => match config::load(cli) {
                 Ok(new) => {
+                    notify::notify("RELOADING=1");
                     server.reload(new.engine);
                     info!("configuration reloaded");
                     if let Err(e) = server.reload_tls() {
                         warn!(error = %e, "new TLS certificate rejected; keeping the previous one");
                     }
+                    notify::notify("READY=1");
                 }
                 Err(e) => warn!(error = %e, "reload rejected; keeping the running configuration"),
             },

@@ -147,3 +147,62 @@ fn credentials_match_the_rest_api_recipe() {
     assert_eq!(cred, ferroturn::engine::auth::rest_password("s3cret", user));
     assert!(v.contains("\"urls\":[\"turn:127.0.0.1:3478?transport=udp\"]"));
 }
+
+#[test]
+fn systemd_notify_ready_status_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("ferroturn-sdn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let rx = UnixDatagram::bind(&path).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut child = bin()
+        .args([
+            "--listening-ip",
+            "127.0.0.1",
+            "--listening-port",
+            &port,
+            "--no-tcp",
+            "--relay-ip",
+            "127.0.0.1",
+            "--user",
+            "a:b",
+            "--min-port",
+            "62200",
+            "--max-port",
+            "62300",
+            "--log-level",
+            "warn",
+        ])
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut b = [0u8; 256];
+    let n = rx.recv(&mut b).expect("READY=1 within 10 s");
+    let first = String::from_utf8_lossy(&b[..n]).into_owned();
+    // SIGTERM → STOPPING=1 (after any STATUS= lines).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut seen = vec![first.clone()];
+    while let Ok(n) = rx.recv(&mut b) {
+        let m = String::from_utf8_lossy(&b[..n]).into_owned();
+        let stop = m.contains("STOPPING=1");
+        seen.push(m);
+        if stop {
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(first.starts_with("READY=1"), "{seen:?}");
+    assert!(seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
