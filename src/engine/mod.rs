@@ -254,6 +254,14 @@ impl Engine {
     /// they were created with.
     pub fn set_config(&mut self, cfg: Arc<EngineConfig>) {
         self.auth = Auth::new(&cfg, self.shared.nonce_key);
+        // A tightened peer filter applies to what is already installed too: permissions and
+        // channels to peers it now refuses are removed, so no relayed data reaches them.
+        let filter = &cfg.peer_filter;
+        for a in self.allocs.iter_mut().flatten() {
+            a.permissions
+                .retain(|p| filter.check_permission(SocketAddr::new(p.ip, 0)).is_ok());
+            a.channels.retain(|c| filter.check(c.peer).is_ok());
+        }
         self.cfg = cfg;
     }
 
