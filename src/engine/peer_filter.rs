@@ -475,13 +475,19 @@ impl PeerFilter {
                 return Err(DenyReason::OwnListener);
             }
         }
-        // 4: other services on the server host. The relay range is other allocations on this
-        // server, which two users of the same server need to reach each other.
-        if self.own_ips.contains(&ip)
-            && port.is_some_and(|p| !self.in_relay_range(p))
-            && !(self.allow_loopback && is_loopback(ip))
-        {
-            return Err(DenyReason::OwnAddress);
+        // 4: other services on the server host are refused. The relay range is other
+        // allocations on this server, which two users of the same server need to reach each
+        // other: allowed even when the server's address is private or loopback (the range rules
+        // below would refuse it). Without a port (CreatePermission with port 0) the IP goes
+        // through the rules below, and ChannelBind/Send check the port they actually use.
+        if self.own_ips.contains(&ip) {
+            match port {
+                Some(p) if self.in_relay_range(p) => return Ok(()),
+                Some(_) if !(self.allow_loopback && is_loopback(ip)) => {
+                    return Err(DenyReason::OwnAddress)
+                }
+                _ => {}
+            }
         }
         // 5
         if is_loopback(ip) {
@@ -517,6 +523,22 @@ fn listed(list: &[IpRange], raw: IpAddr, canonical: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn own_private_relay_range_is_reachable() {
+        // A server whose relay address is private (a LAN, a NAT without external-ip): one
+        // allocation must reach another on the same server, but nothing else on that host.
+        let f = super::PeerFilter::new(super::PeerFilterConfig {
+            own_listeners: vec!["10.200.0.10:3478".parse().unwrap()],
+            own_ips: vec!["10.200.0.10".parse().unwrap()],
+            relay_ports: (49152, 49999),
+            ..Default::default()
+        });
+        assert_eq!(f.check("10.200.0.10:49585".parse().unwrap()), Ok(()));
+        assert!(f.check("10.200.0.10:22".parse().unwrap()).is_err());
+        assert!(f.check("10.200.0.10:3478".parse().unwrap()).is_err());
+        assert!(f.check("10.200.0.11:49585".parse().unwrap()).is_err());
+    }
+
     #[test]
     fn permission_check_ignores_port_zero_only() {
         let f = super::PeerFilter::new(super::PeerFilterConfig {
