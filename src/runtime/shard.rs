@@ -859,20 +859,7 @@ impl Shard {
         let std = super::sockets::bind_relay_socket(addr, dont_fragment, self.opts)
             .map_err(|e| e.kind())?;
         let local = std.local_addr().map_err(|e| e.kind())?;
-        let mut s = UdpSocket::from_std(std);
-        self.poll
-            .registry()
-            .register(
-                &mut s,
-                Token(RELAY_BASE + relay as usize),
-                Interest::READABLE,
-            )
-            .map_err(|e| e.kind())?;
-        let i = relay as usize;
-        if self.relays.len() <= i {
-            self.relays.resize_with(i + 1, || None);
-        }
-        self.relays[i] = Some(RelaySock::Udp(s));
+        self.install_relay(relay, RelaySock::Udp(UdpSocket::from_std(std)))?;
         Ok(local)
     }
 
@@ -883,21 +870,25 @@ impl Shard {
     ) -> Result<SocketAddr, io::ErrorKind> {
         let std = super::sockets::bind_tcp_relay_listener(addr).map_err(|e| e.kind())?;
         let local = std.local_addr().map_err(|e| e.kind())?;
-        let mut s = TcpListener::from_std(std);
-        self.poll
-            .registry()
-            .register(
-                &mut s,
-                Token(RELAY_BASE + relay as usize),
-                Interest::READABLE,
-            )
-            .map_err(|e| e.kind())?;
+        self.install_relay(relay, RelaySock::Tcp(TcpListener::from_std(std)))?;
+        Ok(local)
+    }
+
+    /// Register a relay socket with epoll under its relay id and keep it.
+    fn install_relay(&mut self, relay: u32, mut sock: RelaySock) -> Result<(), io::ErrorKind> {
+        let token = Token(RELAY_BASE + relay as usize);
+        let registry = self.poll.registry();
+        match &mut sock {
+            RelaySock::Udp(s) => registry.register(s, token, Interest::READABLE),
+            RelaySock::Tcp(s) => registry.register(s, token, Interest::READABLE),
+        }
+        .map_err(|e| e.kind())?;
         let i = relay as usize;
         if self.relays.len() <= i {
             self.relays.resize_with(i + 1, || None);
         }
-        self.relays[i] = Some(RelaySock::Tcp(s));
-        Ok(local)
+        self.relays[i] = Some(sock);
+        Ok(())
     }
 
     /// RFC 6062 §5.3: a peer connects to a TCP relayed address.

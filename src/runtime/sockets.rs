@@ -68,13 +68,7 @@ pub fn bind_tcp_listener_group(addr: SocketAddr, n: usize) -> io::Result<Vec<Tcp
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        s.set_nonblocking(true)?;
+        let s = tcp_socket(addr)?;
         s.bind(&addr.into())?;
         s.listen(1024)?;
         if addr.port() == 0 {
