@@ -1,0 +1,106 @@
+//! The relay paths allocate nothing: ChannelData client→peer and peer→client, Send indication,
+//! Data indication. Counted with a global allocator that counts only on this test's thread, over
+//! 10 000 packets per path after one warm-up packet each.
+#[path = "support/relay_setup.rs"]
+mod relay_setup;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ferroturn::engine::{ClientAction, PEER_HEADROOM, PEER_TAILROOM};
+use relay_setup::{channel_data, send_indication, setup};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static ON: Cell<bool> = const { Cell::new(false) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if ON.with(|c| c.get()) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if ON.with(|c| c.get()) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f`, run `n` times on this thread.
+fn allocations(n: usize, mut f: impl FnMut()) -> usize {
+    f(); // warm-up: first-use growth does not count
+    ALLOCS.store(0, Ordering::Relaxed);
+    ON.with(|c| c.set(true));
+    for _ in 0..n {
+        f();
+    }
+    ON.with(|c| c.set(false));
+    ALLOCS.load(Ordering::Relaxed)
+}
+
+#[test]
+fn relay_paths_do_not_allocate() {
+    let mut s = setup();
+    let payload = [0xabu8; 160];
+    let cd = channel_data(&payload);
+    let send = send_indication(s.ind_peer, &payload);
+    let mut buf = vec![0u8; PEER_HEADROOM + 2048 + PEER_TAILROOM];
+    let (now, tuple, relay, chan_peer, ind_peer) =
+        (s.now, s.tuple, s.relay, s.chan_peer, s.ind_peer);
+
+    let n = allocations(10_000, || {
+        let a = s.engine.handle_client(now, tuple, &cd);
+        assert!(matches!(a, ClientAction::ToPeer { peer, .. } if peer == chan_peer));
+    });
+    assert_eq!(n, 0, "ChannelData client → peer allocated {n} times");
+
+    let n = allocations(10_000, || {
+        let a = s.engine.handle_client(now, tuple, &send);
+        assert!(matches!(a, ClientAction::ToPeer { peer, .. } if peer == ind_peer));
+    });
+    assert_eq!(n, 0, "Send indication allocated {n} times");
+
+    let n = allocations(10_000, || {
+        buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
+        let r = s.engine.handle_peer(
+            now,
+            relay,
+            chan_peer,
+            &mut buf,
+            PEER_HEADROOM,
+            payload.len(),
+        );
+        assert!(r.is_some());
+    });
+    assert_eq!(n, 0, "peer → client ChannelData allocated {n} times");
+
+    let n = allocations(10_000, || {
+        buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
+        let r = s
+            .engine
+            .handle_peer(now, relay, ind_peer, &mut buf, PEER_HEADROOM, payload.len());
+        assert!(r.is_some());
+    });
+    assert_eq!(n, 0, "Data indication allocated {n} times");
+}
+
+#[test]
+fn the_counter_counts() {
+    // The instrument itself: a path that does allocate is seen.
+    let n = allocations(10, || {
+        std::hint::black_box(vec![1u8; 64]);
+    });
+    assert_eq!(n, 10);
+}
