@@ -38,7 +38,9 @@ fn main() -> ExitCode {
         }
     };
     info!(
-        listening = ?server.local_addrs(),
+        udp = ?server.local_addrs(),
+        tcp = ?server.tcp_addrs(),
+        tls = ?server.tls_addrs(),
         relay_threads = cfg.relay_threads,
         realm = %cfg.engine.realm,
         "ferroturn {} started",
