@@ -92,6 +92,15 @@ impl Allocation {
         self.relays[family(ip)].as_ref()
     }
 
+    /// The relay socket data to `ip` leaves by, if the allocation has one of that family and a
+    /// live permission for `ip` (RFC 8656 §9, §11.2, §12.4).
+    #[inline]
+    pub fn permitted_relay(&self, ip: IpAddr, now: Instant) -> Option<RelayId> {
+        self.relay_for(ip)
+            .filter(|_| self.has_permission(ip, now))
+            .map(|r| r.id)
+    }
+
     /// When the last of its relayed addresses expires.
     pub fn expires(&self) -> Option<Instant> {
         self.relays.iter().flatten().map(|r| r.expires).max()

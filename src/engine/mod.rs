@@ -356,12 +356,9 @@ impl Engine {
         };
         // The relay of the peer's family (RFC 8656 §7.2 dual allocation: IPv4 peers through
         // the IPv4 relay, IPv6 peers through the IPv6 one).
-        let relay = match a.relay_for(peer.ip()) {
-            Some(r) if a.has_permission(peer.ip(), now) => r.id,
-            _ => {
-                self.stats.dropped_no_permission += 1;
-                return ClientAction::None;
-            }
+        let Some(relay) = a.permitted_relay(peer.ip(), now) else {
+            self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
         };
         to_peer(&mut self.stats, a, relay, peer, payload)
     }
@@ -451,12 +448,9 @@ impl Engine {
             return ClientAction::None;
         }
         // §11.2: sent from the relayed address of the peer's family, if the allocation has one.
-        let relay = match a.relay_for(peer.ip()) {
-            Some(r) if a.has_permission(peer.ip(), now) => r.id,
-            _ => {
-                self.stats.dropped_no_permission += 1;
-                return ClientAction::None;
-            }
+        let Some(relay) = a.permitted_relay(peer.ip(), now) else {
+            self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
         };
         // CreatePermission may have been checked without a port (port 0): the port matters for
         // the server's own addresses, so check the full address here.

@@ -427,22 +427,9 @@ impl Shard {
                 None => None,
             };
             let _ = sock.set_nodelay(true);
-            let ci = match self.free_conns.pop() {
-                Some(i) => i,
-                None => {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                }
-            };
-            if self
-                .poll
-                .registry()
-                .register(&mut sock, Token(CONN_BASE + ci), Interest::READABLE)
-                .is_err()
-            {
-                self.free_conns.push(ci);
+            let Some(ci) = self.register_conn(&mut sock) else {
                 continue;
-            }
+            };
             let tuple = FiveTuple {
                 client,
                 server,
@@ -471,6 +458,29 @@ impl Shard {
                 self.poll
                     .registry()
                     .reregister(l, Token(LISTENER_BASE + li), Interest::READABLE);
+        }
+    }
+
+    /// A free connection slot, with `sock` registered for reading under its token; the caller
+    /// fills the slot. None if epoll refused the socket.
+    fn register_conn(&mut self, sock: &mut TcpStream) -> Option<usize> {
+        let ci = match self.free_conns.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        match self
+            .poll
+            .registry()
+            .register(sock, Token(CONN_BASE + ci), Interest::READABLE)
+        {
+            Ok(()) => Some(ci),
+            Err(_) => {
+                self.free_conns.push(ci);
+                None
+            }
         }
     }
 
@@ -995,22 +1005,9 @@ impl Shard {
         }
         let server = std.local_addr().unwrap_or(tuple.server);
         let mut sock = TcpStream::from_std(std);
-        let pi = match self.free_conns.pop() {
-            Some(i) => i,
-            None => {
-                self.conns.push(None);
-                self.conns.len() - 1
-            }
-        };
-        if self
-            .poll
-            .registry()
-            .register(&mut sock, Token(CONN_BASE + pi), Interest::READABLE)
-            .is_err()
-        {
-            self.free_conns.push(pi);
+        let Some(pi) = self.register_conn(&mut sock) else {
             return self.close_conn(ci, now);
-        }
+        };
         // Bytes the client sent after its ConnectionBind already belong to the peer.
         let leftover = match self.conns.get_mut(ci) {
             Some(Some(c)) => {
