@@ -1,15 +1,16 @@
 //! Responses to recent requests, so a retransmitted request gets the same answer
 //! (RFC 8489 §6.3.1: non-idempotent requests such as Allocate; RFC 8656 §7.2). Bounded in
 //! entries; entries live 40 s (just over the 39.5 s a UDP client keeps retransmitting, §6.2.1).
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::hash;
 use super::FiveTuple;
 
 pub const TXN_LIFETIME: Duration = Duration::from_secs(40);
 
 pub struct TxnCache {
-    map: HashMap<(FiveTuple, [u8; 12]), Vec<u8>>,
+    map: hash::Map<(FiveTuple, [u8; 12]), Vec<u8>>,
     order: VecDeque<(Instant, FiveTuple, [u8; 12])>,
     cap: usize,
 }
@@ -17,7 +18,7 @@ pub struct TxnCache {
 impl TxnCache {
     pub fn new(cap: usize) -> Self {
         TxnCache {
-            map: HashMap::new(),
+            map: hash::map(),
             order: VecDeque::new(),
             cap,
         }

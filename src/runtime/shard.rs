@@ -138,7 +138,7 @@ struct Shard {
     listeners: Vec<Listener>,
     conns: Vec<Option<Conn>>,
     free_conns: Vec<usize>,
-    conn_by_tuple: HashMap<FiveTuple, usize>,
+    conn_by_tuple: crate::engine::hash::Map<FiveTuple, usize>,
     relays: Vec<Option<RelaySock>>,
     /// RFC 6062: outgoing peer connections still in their TCP handshake, by CONNECTION-ID.
     connecting: HashMap<u32, (TcpStream, u32, SocketAddr)>,
@@ -192,7 +192,7 @@ pub fn spawn(
         listeners: ls,
         conns: Vec::new(),
         free_conns: Vec::new(),
-        conn_by_tuple: HashMap::new(),
+        conn_by_tuple: crate::engine::hash::map(),
         relays: Vec::new(),
         connecting: HashMap::new(),
         peer_streams,
