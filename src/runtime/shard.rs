@@ -868,7 +868,12 @@ impl Shard {
     ) -> Result<SocketAddr, io::ErrorKind> {
         let std = super::sockets::bind_relay_socket(addr, dont_fragment, self.opts)
             .map_err(|e| e.kind())?;
-        let local = std.local_addr().map_err(|e| e.kind())?;
+        // The engine names the port; getsockname only when it left the choice to the kernel.
+        let local = if addr.port() != 0 {
+            addr
+        } else {
+            std.local_addr().map_err(|e| e.kind())?
+        };
         self.install_relay(relay, RelaySock::Udp(UdpSocket::from_std(std)))?;
         Ok(local)
     }

@@ -7,11 +7,18 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::shard::SocketOptions;
 
 fn new_udp(addr: SocketAddr) -> io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Non-blocking from socket(2) on (SOCK_NONBLOCK) where available: two fcntl calls fewer
+    // per relay socket, i.e. per allocation.
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    let ty = Type::DGRAM.nonblocking();
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    let ty = Type::DGRAM;
+    let s = Socket::new(Domain::for_address(addr), ty, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // Keep IPv6 sockets IPv6-only: an IPv4 listener is configured separately.
         s.set_only_v6(true)?;
     }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     s.set_nonblocking(true)?;
     Ok(s)
 }

@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# compare-coturn.sh - coturn vs ferroturn, back to back, same pinning, same load.
+#
+# Usage: benches/compare-coturn.sh [--runs N] [--smoke] [--json FILE] [--no-build]
+#   --runs N     runs of every scenario per server (default 3); medians are reported
+#   --smoke      one short run of each scenario (< 2 min): proves the script works
+#   --json FILE  also write every measurement and the medians as JSON
+#   --no-build   use the binaries already in $CARGO_TARGET_DIR (default target)/release
+#
+# Servers run one at a time on loopback, pinned to CPU $SERVER_CPU (default 1, one relay
+# thread each: coturn --relay-threads 1, ferroturn -m 1); the load (ferroturn-bench, coturn's
+# turnutils_uclient and turnutils_peer) is pinned to CPU $LOAD_CPU (default 0). The figure per
+# data scenario is relayed datagrams per server-CPU-second: datagrams the server forwarded
+# (client->peer plus peer->client: sent + delivered as counted by the load client) divided by
+# the server's CPU time over the run (/proc/PID/task/*/schedstat, all threads).
+#
+# Ports (all 127.0.0.1, none of 3478/34878/34879/35478-35480): coturn 36478 (+36479 alt),
+# ferroturn 36480, turnutils_peer 36490-36491, relay ports 10000-31999 (below the ephemeral
+# range, so 10 000 client sockets cannot take them). Only processes this script started are
+# stopped, by PID (trap on exit).
+set -euo pipefail
+
+RUNS=3
+SMOKE=0
+JSON_OUT=
+BUILD=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --smoke) SMOKE=1; RUNS=1; shift ;;
+    --json) JSON_OUT=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "compare-coturn.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "compare-coturn.sh: --runs wants a positive integer" >&2; exit 2; }
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+SERVER_CPU=${SERVER_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+
+if ! command -v turnserver >/dev/null || ! command -v turnutils_uclient >/dev/null; then
+  echo "# installing coturn (Debian package)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq coturn >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq coturn >/dev/null; }
+fi
+for t in python3 taskset turnserver turnutils_uclient turnutils_peer; do
+  command -v "$t" >/dev/null || { echo "compare-coturn.sh: $t not found" >&2; exit 2; }
+done
+if [[ "$BUILD" == 1 ]]; then
+  (cd "$ROOT" && cargo build --release --bins --quiet)
+fi
+for b in ferroturn ferroturn-bench; do
+  [[ -x "$TARGET/release/$b" ]] || { echo "compare-coturn.sh: $TARGET/release/$b missing (build it)" >&2; exit 2; }
+done
+
+OUT=$(mktemp -d /tmp/compare-coturn.XXXXXX)
+echo "# logs: $OUT" >&2
+export ROOT TARGET SERVER_CPU LOAD_CPU RUNS SMOKE JSON_OUT OUT
+exec python3 - <<'PYEOF'
+import json, os, signal, statistics, subprocess, sys, time
+
+OUT = os.environ["OUT"]
+BIN = os.environ["TARGET"] + "/release/"
+SCPU, LCPU = os.environ["SERVER_CPU"], os.environ["LOAD_CPU"]
+RUNS, SMOKE = int(os.environ["RUNS"]), os.environ["SMOKE"] == "1"
+HOST, COTURN_PORT, FERRO_PORT, PEER_PORT = "127.0.0.1", 36478, 36480, 36490
+MIN_PORT, MAX_PORT = 10000, 31999
+USER, PASS, REALM = "bench", "benchpass", "bench.local"
+DUR = 2 if SMOKE else 5            # seconds of measured traffic per data scenario
+RATE = 40000                       # offered packets/s (paced; = 80 k relayed/s in echo modes)
+N_ALLOC = 2000 if SMOKE else 5000  # allocations for the allocations/s figure
+N_IDLE = 10000                     # idle allocations for the RSS figure
+started = []                       # PIDs this script started
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(3)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cleanup(*_):
+    for p in started:
+        stop(p)
+
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+
+
+def spawn(cmd, cpu, log):
+    p = subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=open(log, "a"),
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    started.append(p)
+    return p
+
+
+def cpu_s(pid):
+    t = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                t += int(f.read().split()[0])
+        except OSError:
+            pass
+    return t / 1e9
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def port_open(port):
+    # a listening UDP socket on HOST:port, per ss
+    r = subprocess.run(["ss", "-H", "-lun", f"sport = :{port}"], capture_output=True, text=True)
+    return bool(r.stdout.strip())
+
+
+class Server:
+    def __init__(self, name):
+        self.name, self.p = name, None
+
+    def start(self):
+        log = f"{OUT}/{self.name}.log"
+        if self.name == "coturn":
+            self.port = COTURN_PORT
+            cmd = ["turnserver", "-n", "--listening-ip", HOST, "--relay-ip", HOST,
+                   "--listening-port", str(COTURN_PORT), "--alt-listening-port", str(COTURN_PORT + 1),
+                   "--min-port", str(MIN_PORT), "--max-port", str(MAX_PORT), "--lt-cred-mech",
+                   "--user", f"{USER}:{PASS}", "--realm", REALM, "--allow-loopback-peers",
+                   "--no-tls", "--no-dtls", "--no-cli", "--no-rfc5780", "--no-software-attribute",
+                   "--relay-threads", "1", "--userdb", f"{OUT}/turndb",
+                   "--log-file", f"{OUT}/turnserver.log", "--simple-log", "--no-stdout-log"]
+        else:
+            self.port = FERRO_PORT
+            cmd = [BIN + "ferroturn", "-L", HOST, "-p", str(FERRO_PORT), "--no-tls", "-E", HOST,
+                   "--min-port", str(MIN_PORT), "--max-port", str(MAX_PORT), "-r", REALM,
+                   "-u", f"{USER}:{PASS}", "--allow-loopback-peers", "-m", "1",
+                   # turnutils_uclient binds channels below 0x4000 (RFC 5766 range)
+                   "--legacy-channel-numbers"]
+        if port_open(self.port):
+            sys.exit(f"compare-coturn.sh: UDP port {self.port} is already in use")
+        self.p = spawn(cmd, SCPU, log)
+        for _ in range(100):
+            if port_open(self.port):
+                break
+            if self.p.poll() is not None:
+                sys.exit(f"compare-coturn.sh: {self.name} exited; see {log}")
+            time.sleep(0.05)
+        else:
+            sys.exit(f"compare-coturn.sh: {self.name} did not start; see {log}")
+        time.sleep(0.3)
+        return self
+
+    def stop(self):
+        stop(self.p)
+        time.sleep(0.5)  # let the kernel release the relay ports
+
+    @property
+    def addr(self):
+        return f"{HOST}:{self.port}"
+
+
+def bench(srv, args, timeout=120):
+    """ferroturn-bench against srv; returns (its JSON, server CPU seconds over the run)."""
+    cmd = ["taskset", "-c", LCPU, BIN + "ferroturn-bench", "-s", srv.addr, "-u", USER, "-w", PASS,
+           "--json", "--quiet"] + args
+    c0 = cpu_s(srv.p.pid)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    c1 = cpu_s(srv.p.pid)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1]), c1 - c0
+    except (IndexError, json.JSONDecodeError):
+        sys.exit(f"compare-coturn.sh: ferroturn-bench {' '.join(args)} against {srv.name} "
+                 f"failed: {r.stderr.strip()[-500:]}")
+
+
+def relayed_per_cpu(srv, args):
+    j, cpu = bench(srv, ["--warmup", "0", "--duration", str(DUR)] + args)
+    relayed = j["sent"] + j["delivered"]
+    return {"value": relayed / cpu if cpu > 0 else 0.0, "relayed": relayed, "server_cpu_s": cpu,
+            "loss_pct": j["loss_pct"], "p99_us": j["latency_us"]["p99"]}
+
+
+def uclient(srv):
+    """coturn's own load client: 20 sessions x 1000 msg/s through turnutils_peer."""
+    n = 1000 if SMOKE else 5000
+    cmd = ["taskset", "-c", LCPU, "turnutils_uclient", "-m", "20", "-c", "-z", "1", "-n", str(n),
+           "-l", "100", "-p", str(srv.port), "-e", HOST, "-r", str(PEER_PORT), "-u", USER,
+           "-w", PASS, HOST]
+    c0 = cpu_s(srv.p.pid)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    c1 = cpu_s(srv.p.pid)
+    tot = None
+    for line in (r.stdout + r.stderr).splitlines():
+        if "tot_send_msgs=" in line:
+            kv = dict(x.strip().split("=") for x in line.split(":")[-1].split(",") if "=" in x)
+            tot = int(kv["tot_send_msgs"]) + int(kv["tot_recv_msgs"])
+    if tot is None:
+        sys.exit(f"compare-coturn.sh: turnutils_uclient against {srv.name} printed no totals")
+    cpu = c1 - c0
+    return {"value": tot / cpu if cpu > 0 else 0.0, "relayed": tot, "server_cpu_s": cpu}
+
+
+def saturation(srv):
+    cap = 6 if SMOKE else 30
+    j, cpu = bench(srv, ["-m", "20", "--c2c", "--saturate", "--rate", "20000", "--step-secs",
+                         "1" if SMOKE else "2", "--duration", str(cap)], timeout=cap + 60)
+    return {"value": float(j["saturation"]["max_pass_pps"] or 0), "server_cpu_s": cpu,
+            "stop": j["saturation"]["stop"]}
+
+
+def allocs(srv):
+    j, cpu = bench(srv, ["--allocate-only", "-m", str(N_ALLOC), "--concurrency", "64"])
+    ok = j["allocations_ok"]
+    # allocate + delete, per server CPU second: what the server could do with the client free
+    return {"value": float(j["allocs_per_s"]), "per_server_cpu_s": ok / cpu if cpu > 0 else 0.0,
+            "failed": j["allocations_failed"]}
+
+
+def rss(name):
+    """RSS growth of a fresh server holding N_IDLE idle allocations."""
+    srv = Server(name).start()
+    r0 = rss_kb(srv.p.pid)
+    cmd = ["taskset", "-c", LCPU, BIN + "ferroturn-bench", "-s", srv.addr, "-u", USER, "-w", PASS,
+           "--allocate-only", "-m", str(N_IDLE), "--concurrency", "64", "--hold", "60"]
+    errlog = open(f"{OUT}/rss-{name}.log", "w+")
+    p = subprocess.Popen(cmd, stdout=errlog, stderr=subprocess.STDOUT, start_new_session=True)
+    started.append(p)
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        errlog.seek(0)
+        if "holding" in errlog.read():
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    r1 = rss_kb(srv.p.pid)
+    stop(p)  # SIGTERM: the client deletes its allocations and exits
+    srv.stop()
+    errlog.seek(0)
+    text = errlog.read()
+    held = [int(w) for line in text.splitlines() if "holding" in line
+            for w in line.split()[2:3] if w.isdigit()]
+    n = held[0] if held else 0
+    if n == 0:
+        sys.exit(f"compare-coturn.sh: no idle allocations held on {name}; see {OUT}/rss-{name}.log")
+    return {"value": (r1 - r0) * 1024 / n, "allocations": n, "rss0_kb": r0, "rss1_kb": r1}
+
+
+def p99(srv, rate):
+    j, cpu = bench(srv, ["-m", "20", "--rate", str(int(rate)), "--warmup", "1", "--duration",
+                         str(DUR)])
+    return {"value": float(j["latency_us"]["p99"]), "rate": int(rate), "loss_pct": j["loss_pct"]}
+
+
+SCEN = [  # key, label, unit, better ("hi"/"lo")
+    ("chan100", "ChannelData UDP 100 B (ferroturn-bench, 40 k pps echo)", "relayed/CPU-s", "hi"),
+    ("uclient100", "ChannelData UDP 100 B (turnutils_uclient, 20 k pps echo)", "relayed/CPU-s", "hi"),
+    ("chan1000", "ChannelData UDP 1000 B", "relayed/CPU-s", "hi"),
+    ("send100", "Send/Data indications 100 B", "relayed/CPU-s", "hi"),
+    ("tcp100", "TCP client leg, ChannelData 100 B", "relayed/CPU-s", "hi"),
+    ("c2c100", "client-to-client ChannelData 100 B", "relayed/CPU-s", "hi"),
+    ("sat", "saturation, c2c, max rate with <= 1 % loss", "msg/s", "hi"),
+    ("allocs", "authenticated allocations/s (ferroturn-bench, 64 outstanding)", "allocs/s", "hi"),
+    ("allocs_cpu", "allocate+delete per server-CPU-second", "allocs/CPU-s", "hi"),
+    ("rss", f"RSS growth per idle allocation ({N_IDLE})", "bytes", "lo"),
+    ("p99", "p99 RTT at 50 % of coturn's saturation rate (echo)", "us", "lo"),
+]
+results = {k: {"coturn": [], "ferroturn": []} for k, *_ in SCEN}
+raw = []
+
+peer = spawn(["turnutils_peer", "-L", HOST, "-p", str(PEER_PORT)], LCPU, f"{OUT}/peer.log")
+try:
+    t_start = time.time()
+    sat_coturn = []
+    for run in range(RUNS):
+        for name in ("coturn", "ferroturn"):
+            srv = Server(name).start()
+            m = {}
+            # warm-up, not counted: first-use costs (page faults, caches) of a fresh server
+            bench(srv, ["-m", "20", "--rate", str(RATE), "--warmup", "0", "--duration", "1"])
+            m["chan100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE)])
+            m["uclient100"] = uclient(srv)
+            m["chan1000"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "-l", "1000"])
+            m["send100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--mode", "send"])
+            m["tcp100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--transport", "tcp"])
+            m["c2c100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--c2c"])
+            m["sat"] = saturation(srv)
+            if name == "coturn":
+                sat_coturn.append(m["sat"]["value"])
+            rate = 0.5 * statistics.median(sat_coturn)
+            m["p99"] = p99(srv, rate)
+            a = allocs(srv)
+            m["allocs"] = a
+            m["allocs_cpu"] = {"value": a["per_server_cpu_s"]}
+            srv.stop()
+            m["rss"] = rss(name)
+            for k, v in m.items():
+                results[k][name].append(v["value"])
+            raw.append({"run": run + 1, "server": name, "measurements": m})
+            print(f"# run {run + 1}/{RUNS} {name}: " + ", ".join(
+                f"{k}={v['value']:.0f}" for k, v in m.items()), file=sys.stderr, flush=True)
+    elapsed = time.time() - t_start
+finally:
+    cleanup()
+
+rows = []
+for key, label, unit, better in SCEN:
+    c = statistics.median(results[key]["coturn"])
+    f = statistics.median(results[key]["ferroturn"])
+    ratio = f / c if c else float("nan")
+    rows.append({"scenario": key, "label": label, "unit": unit, "coturn": c, "ferroturn": f,
+                 "ratio": ratio, "runs": RUNS})
+
+cv = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "coturn"], capture_output=True,
+                    text=True).stdout or "?"
+print(f"\n### coturn {cv} vs ferroturn, median of {RUNS} run(s), "
+      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
+      f"server on CPU {SCPU}, load on CPU {LCPU}, {elapsed:.0f} s\n")
+print("| scenario | unit | coturn | ferroturn | ferroturn / coturn |")
+print("|---|---|---:|---:|---:|")
+for r in rows:
+    print(f"| {r['label']} | {r['unit']} | {r['coturn']:.0f} | {r['ferroturn']:.0f} | {r['ratio']:.2f} |")
+print("\n(ratio: ferroturn / coturn; for RSS and p99 lower is better, so < 1 is better there)")
+if os.environ.get("JSON_OUT"):
+    with open(os.environ["JSON_OUT"], "w") as fh:
+        json.dump({"runs": RUNS, "smoke": SMOKE, "coturn_version": cv, "rows": rows, "raw": raw},
+                  fh, indent=1)
+PYEOF
