@@ -381,20 +381,8 @@ impl Shard {
 
     /// `sendmmsg` per run of datagrams leaving by the same relay socket.
     fn send_to_peers(&mut self, outs: &[Out], via: &[u32]) {
-        let mut s = 0;
-        while s < outs.len() {
-            let r = via[s];
-            let mut e = s + 1;
-            while e < outs.len() && via[e] == r {
-                e += 1;
-            }
-            if let Some(Some(RelaySock::Udp(rs))) = self.relays.get(r as usize) {
-                // SAFETY: the payloads point into `self.batch`, untouched until the next recv.
-                let dropped = unsafe { batch::send(rs.as_raw_fd(), &outs[s..e]) };
-                self.send_errors += dropped as u64;
-            }
-            s = e;
-        }
+        // SAFETY: the payloads point into `self.batch`, untouched until the next recv.
+        self.send_errors += unsafe { send_to_peers(&self.relays, outs, via) };
     }
 
     fn accept(&mut self, li: usize) {
@@ -495,6 +483,7 @@ impl Shard {
             return self.pump_splice(ci, p, now);
         }
         let mut close = false;
+        let mut drained = false;
         for _ in 0..READ_BUDGET {
             let Some(Some(c)) = self.conns.get_mut(ci) else {
                 return;
@@ -508,6 +497,9 @@ impl Shard {
                     Ok(n) => {
                         c.rbuf.extend_from_slice(&self.buf[..n]);
                         got = n;
+                        // A short read emptied the socket: skip the read that would only say
+                        // EAGAIN (epoll is edge-triggered, so later bytes raise a new event).
+                        would_block = n < MAX_FRAME;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -561,6 +553,11 @@ impl Shard {
                 let tuple = c.tuple;
                 let max_channel = self.engine.config().max_channel();
                 let mut off = 0;
+                // Data for peers leaves in sendmmsg batches, pointing into `c.rbuf`, which is
+                // not modified until the batch is sent (before the drain below).
+                let mut outs = [NO_OUT; BATCH];
+                let mut via = [0u32; BATCH];
+                let mut k = 0;
                 loop {
                     match framing::frame_len(&c.rbuf[off..], max_channel) {
                         Ok(Some(n)) => {
@@ -581,12 +578,18 @@ impl Shard {
                                 payload,
                             } = self.engine.handle_client(now, tuple, frame)
                             {
-                                if let Some(Some(RelaySock::Udp(rs))) =
-                                    self.relays.get(relay as usize)
-                                {
-                                    if rs.send_to(payload, peer).is_err() {
-                                        self.send_errors += 1;
-                                    }
+                                outs[k] = Out {
+                                    to: peer,
+                                    ptr: payload.as_ptr(),
+                                    len: payload.len(),
+                                };
+                                via[k] = relay;
+                                k += 1;
+                                if k == BATCH {
+                                    // SAFETY: the payloads point into `c.rbuf`, unmodified.
+                                    self.send_errors +=
+                                        unsafe { send_to_peers(&self.relays, &outs, &via) };
+                                    k = 0;
                                 }
                             }
                             off += n;
@@ -608,6 +611,8 @@ impl Shard {
                         }
                     }
                 }
+                // SAFETY: as above; `c.rbuf` is drained only after this.
+                self.send_errors += unsafe { send_to_peers(&self.relays, &outs[..k], &via[..k]) };
                 c.rbuf.drain(..off);
                 self.flush(now);
                 // A ConnectionBind may just have turned this stream into a splice: what
@@ -621,13 +626,16 @@ impl Shard {
                 }
             }
             if close || would_block {
+                drained = would_block;
                 break;
             }
         }
         if close {
             self.close_conn(ci, now);
+        } else if drained {
+            // Edge-triggered and read to the end: no re-arm (an epoll_ctl per event saved).
         } else if let Some(Some(c)) = self.conns.get_mut(ci) {
-            // Re-arm in case the read budget ran out with data left.
+            // Re-arm: the read budget ran out with data left.
             let interest = if c.writable_interest {
                 Interest::READABLE | Interest::WRITABLE
             } else {
@@ -728,6 +736,9 @@ impl Shard {
                 }
             };
             let mut k = 0;
+            // TCP/TLS clients: the batch's messages are queued and written with one write per
+            // connection (a relay socket serves one allocation, so usually one write per batch).
+            let mut stream_ci: Option<usize> = None;
             for i in 0..n {
                 let (peer, len) = (self.batch.from[i], self.batch.len[i]);
                 let slot = self.batch.slot_mut(i);
@@ -746,11 +757,27 @@ impl Shard {
                     via[k] = tuple.server;
                     k += 1;
                 } else if let Some(&ci) = self.conn_by_tuple.get(&tuple) {
-                    if let Some(Some(c)) = self.conns.get_mut(ci) {
-                        if !queue_stream(c, self.poll.registry(), ci, &slot[range]) {
-                            self.stream_drops += 1;
+                    if let Some(prev) = stream_ci.filter(|&p| p != ci) {
+                        if let Some(Some(c)) = self.conns.get_mut(prev) {
+                            flush_stream(c, self.poll.registry(), prev);
                         }
                     }
+                    stream_ci = Some(ci);
+                    if let Some(Some(c)) = self.conns.get_mut(ci) {
+                        let data = &slot[range];
+                        if !enqueue_stream(c, data) {
+                            // Buffer full: write what the socket takes now, then try again.
+                            flush_stream(c, self.poll.registry(), ci);
+                            if !enqueue_stream(c, data) {
+                                self.stream_drops += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(ci) = stream_ci {
+                if let Some(Some(c)) = self.conns.get_mut(ci) {
+                    flush_stream(c, self.poll.registry(), ci);
                 }
             }
             // One sendmmsg per run of the same listening socket (usually the whole batch).
@@ -1116,7 +1143,38 @@ impl Shard {
 /// writability when bytes remain. `false`: the client is not reading and the message was
 /// dropped (a partial message would break the framing, so it is all or nothing).
 fn queue_stream(c: &mut Conn, registry: &mio::Registry, ci: usize, data: &[u8]) -> bool {
-    let accepted = match &mut c.tls {
+    if !enqueue_stream(c, data) {
+        return false;
+    }
+    flush_stream(c, registry, ci);
+    true
+}
+
+/// `sendmmsg` per run of datagrams in `outs` leaving by the same relay socket (`via`); returns
+/// how many were dropped.
+///
+/// # Safety
+/// Every `Out` must point to memory that stays valid and unmodified for the call.
+unsafe fn send_to_peers(relays: &[Option<RelaySock>], outs: &[Out], via: &[u32]) -> u64 {
+    let (mut s, mut dropped) = (0, 0);
+    while s < outs.len() {
+        let r = via[s];
+        let mut e = s + 1;
+        while e < outs.len() && via[e] == r {
+            e += 1;
+        }
+        if let Some(Some(RelaySock::Udp(rs))) = relays.get(r as usize) {
+            // SAFETY: the caller keeps the payloads valid.
+            dropped += unsafe { batch::send(rs.as_raw_fd(), &outs[s..e]) } as u64;
+        }
+        s = e;
+    }
+    dropped
+}
+
+/// Append `data` to the connection's send buffer without writing; false if it does not fit.
+fn enqueue_stream(c: &mut Conn, data: &[u8]) -> bool {
+    match &mut c.tls {
         // rustls holds plaintext up to its buffer limit (set at accept).
         Some(tls) => matches!(tls.writer().write(data), Ok(n) if n == data.len()),
         None => {
@@ -1127,10 +1185,11 @@ fn queue_stream(c: &mut Conn, registry: &mio::Registry, ci: usize, data: &[u8]) 
                 true
             }
         }
-    };
-    if !accepted {
-        return false;
     }
+}
+
+/// Write what is queued; ask for WRITABLE if some stays behind.
+fn flush_stream(c: &mut Conn, registry: &mio::Registry, ci: usize) {
     // A write error closes the connection on its next read event, which reports it too.
     if flush_conn(c).is_ok() {
         let pending = match &c.tls {
@@ -1146,7 +1205,6 @@ fn queue_stream(c: &mut Conn, registry: &mio::Registry, ci: usize, data: &[u8]) 
             );
         }
     }
-    true
 }
 
 /// Write queued bytes until the socket would block. Err: the connection is broken.
