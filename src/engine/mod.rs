@@ -247,6 +247,16 @@ pub struct Engine {
     pub stats: Stats,
 }
 
+/// xorshift64*, the engine's cheap generator (`Engine::next_rand`). A free function so the peer
+/// path can draw from it while it holds the allocation borrowed (one channel scan, not two).
+#[inline]
+fn xorshift(rng: &mut u64) -> u64 {
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
 impl Engine {
     /// `now` and `unix_now` anchor the engine's notion of wall-clock time (REST API timestamps,
     /// nonce expiry); afterwards only the monotonic `now` passed to each call is used.
@@ -330,10 +340,7 @@ impl Engine {
     }
 
     fn next_rand(&mut self) -> u64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        xorshift(&mut self.rng)
     }
 
     // ------------------------------------------------------------------ data path
@@ -413,14 +420,6 @@ impl Engine {
             return None;
         };
         let idx = *idx as usize;
-        let tid_seed = if self.allocs[idx]
-            .as_ref()
-            .is_some_and(|a| a.channel_for_peer(peer, now).is_none())
-        {
-            self.next_rand()
-        } else {
-            0
-        };
         let a = self.allocs[idx].as_mut()?;
         if !a.has_permission(peer.ip(), now) || len > MAX_PEER_PAYLOAD {
             self.stats.dropped_no_permission += 1;
@@ -435,6 +434,7 @@ impl Engine {
                 a.tuple.transport != Transport::Udp,
             ),
             None => {
+                let tid_seed = xorshift(&mut self.rng);
                 let mut tid = [0u8; 12];
                 tid[..8].copy_from_slice(&tid_seed.to_le_bytes());
                 tid[8..].copy_from_slice(&(a.to_client_packets as u32).to_le_bytes());
