@@ -10,9 +10,10 @@
 # Servers run one at a time on loopback, pinned to CPU $SERVER_CPU (default 1, one relay
 # thread each: coturn --relay-threads 1, ferroturn -m 1); the load (ferroturn-bench, coturn's
 # turnutils_uclient and turnutils_peer) is pinned to CPU $LOAD_CPU (default 0). The figure per
-# data scenario is relayed datagrams per server-CPU-second: datagrams the server forwarded
-# (client->peer plus peer->client: sent + delivered as counted by the load client) divided by
-# the server's CPU time over the run (/proc/PID/task/*/schedstat, all threads).
+# data scenario is relayed datagrams per server-CPU-second: datagrams the server forwarded,
+# counted where they arrived (echo: received by the peer + received back by the clients; c2c
+# and uclient: 2 x delivered), divided by the server's CPU time over the run
+# (/proc/PID/task/*/schedstat, all threads).
 #
 # Ports (all 127.0.0.1, none of 3478/34878/34879/35478-35480): coturn 36478 (+36479 alt),
 # ferroturn 36480, turnutils_peer 36490-36491, relay ports 10000-31999 (below the ephemeral
@@ -188,7 +189,13 @@ def bench(srv, args, timeout=120):
 
 def relayed_per_cpu(srv, args):
     j, cpu = bench(srv, ["--warmup", "0", "--duration", str(DUR)] + args)
-    relayed = j["sent"] + j["delivered"]
+    # Datagrams the server forwarded, counted where they arrived: echo, what the peer received
+    # plus what came back; c2c, each delivered message crossed the server twice. (Counting
+    # what clients sent would credit a server for datagrams it dropped.)
+    if j["c2c"]:
+        relayed = 2 * j["delivered"]
+    else:
+        relayed = j["echoed_by_peer"] + j["delivered"]
     return {"value": relayed / cpu if cpu > 0 else 0.0, "relayed": relayed, "server_cpu_s": cpu,
             "loss_pct": j["loss_pct"], "p99_us": j["latency_us"]["p99"]}
 
@@ -206,7 +213,9 @@ def uclient(srv):
     for line in (r.stdout + r.stderr).splitlines():
         if "tot_send_msgs=" in line:
             kv = dict(x.strip().split("=") for x in line.split(":")[-1].split(",") if "=" in x)
-            tot = int(kv["tot_send_msgs"]) + int(kv["tot_recv_msgs"])
+            # echoed messages crossed the server twice (lower bound: one-way losses are
+            # not counted)
+            tot = 2 * int(kv["tot_recv_msgs"])
     if tot is None:
         sys.exit(f"compare-coturn.sh: turnutils_uclient against {srv.name} printed no totals")
     cpu = c1 - c0
