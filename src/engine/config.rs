@@ -50,6 +50,8 @@ pub struct EngineConfig {
     /// Also accept channel numbers 0x5000-0x7FFF, the RFC 5766 range that RFC 8656 §12 took
     /// back (coturn's clients still pick from it). Off by default.
     pub legacy_channel_numbers: bool,
+    /// Abuse limits: per-IP quotas, rates, back-off, bandwidth (README "Abuse resistance").
+    pub limits: super::limits::Limits,
 }
 
 impl EngineConfig {
@@ -83,6 +85,7 @@ impl Default for EngineConfig {
             user_quota: 0,
             total_quota: 0,
             legacy_channel_numbers: false,
+            limits: super::limits::Limits::default(),
         }
     }
 }

@@ -171,6 +171,9 @@ pub struct Cli {
     /// `info,ferroturn::engine=debug` [default: info].
     #[arg(long, value_name = "LEVEL", global = true)]
     pub log_level: Option<String>,
+
+    #[command(flatten)]
+    pub abuse: AbuseArgs,
 }
 
 #[derive(Subcommand, Clone, Debug, PartialEq, Eq)]
@@ -264,4 +267,56 @@ mod tests {
     fn verbose_and_log_level_conflict() {
         assert!(Cli::try_parse_from(["ferroturn", "-v", "--log-level", "warn"]).is_err());
     }
+}
+
+/// Abuse limits (README "Abuse resistance"); 0 = unlimited for counts and rates.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct AbuseArgs {
+    /// Live allocations per client IP (486) [default: 256].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_allocations_per_ip: Option<u64>,
+    /// Live allocations per client /24 (IPv4) or /64 (IPv6) (486) [default: 1024].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_allocations_per_prefix: Option<u64>,
+    /// Permissions per allocation (508) [default: 128].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_permissions_per_allocation: Option<u64>,
+    /// Channels per allocation (508) [default: 64].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_channels_per_allocation: Option<u64>,
+    /// Relayed bytes per second per allocation, each direction; excess dropped
+    /// [default: 0 = unlimited] (coturn: --max-bps).
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub max_bps: Option<u64>,
+    /// Relayed bytes per second for the whole server; excess dropped [default: 0 = unlimited]
+    /// (coturn: --bps-capacity).
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub bps_capacity: Option<u64>,
+    /// STUN requests per second per source IP (IPv6: per /64); excess dropped [default: 500].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_requests_per_ip: Option<u64>,
+    /// 401/438 answers per second per source IP; excess not sent [default: 200].
+    #[arg(long = "max-401-per-ip", value_name = "N", global = true)]
+    pub max_401_per_ip: Option<u64>,
+    /// Failed authentications per source and per user before back-off [default: 5].
+    #[arg(long, value_name = "N", global = true)]
+    pub auth_failures_before_backoff: Option<u64>,
+    /// Longest failed-auth back-off, seconds (1 s, doubling) [default: 60].
+    #[arg(long, value_name = "SECS", global = true)]
+    pub auth_backoff_max: Option<u64>,
+    /// Client TCP/TLS connections per source IP; excess closed at accept [default: 256].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_tcp_connections_per_ip: Option<u64>,
+    /// TCP/TLS connections without an allocation yet, whole server [default: 1024].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_pending_tcp_connections: Option<u64>,
+    /// Seconds a TCP/TLS connection has to finish its handshake and allocate [default: 10].
+    #[arg(long, value_name = "SECS", global = true)]
+    pub tcp_handshake_timeout: Option<u64>,
+    /// Run as this user after the sockets are bound (coturn: --proc-user).
+    #[arg(long, value_name = "USER", global = true)]
+    pub proc_user: Option<String>,
+    /// Run as this group after the sockets are bound (coturn: --proc-group).
+    #[arg(long, value_name = "GROUP", global = true)]
+    pub proc_group: Option<String>,
 }

@@ -60,6 +60,8 @@ pub const MIN_ALLOCATE_LIFETIME: u64 = 60;
 /// Sanity cap on `relay-threads`.
 pub const MAX_RELAY_THREADS: u64 = 1024;
 
+mod abuse;
+
 // ---------------------------------------------------------------------------------------------
 // The file
 // ---------------------------------------------------------------------------------------------
@@ -110,6 +112,23 @@ struct FileConfig {
     log_level: Option<String>,
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
+    // Abuse limits (config/abuse.rs).
+    max_allocations_per_ip: Option<i64>,
+    max_allocations_per_prefix: Option<i64>,
+    max_permissions_per_allocation: Option<i64>,
+    max_channels_per_allocation: Option<i64>,
+    max_bps: Option<i64>,
+    bps_capacity: Option<i64>,
+    max_requests_per_ip: Option<i64>,
+    #[serde(rename = "max-401-per-ip")]
+    max_401_per_ip: Option<i64>,
+    auth_failures_before_backoff: Option<i64>,
+    auth_backoff_max: Option<i64>,
+    max_tcp_connections_per_ip: Option<i64>,
+    max_pending_tcp_connections: Option<i64>,
+    tcp_handshake_timeout: Option<i64>,
+    proc_user: Option<String>,
+    proc_group: Option<String>,
 }
 
 /// `key = "x"` or `key = ["x", "y"]`.
@@ -252,6 +271,9 @@ pub struct Config {
     pub udp_send_buffer: usize,
     /// `no-udp`: no UDP listeners (`listen` is empty).
     pub no_udp: bool,
+    /// `proc-user` / `proc-group`: drop privileges to these after binding.
+    pub proc_user: Option<String>,
+    pub proc_group: Option<String>,
     /// `no-tls` (for the summary: why TLS is off).
     no_tls: bool,
     /// Peer rules as text, for [`Config::summary`] (the filter itself is opaque).
@@ -810,6 +832,7 @@ fn valid_log_level(s: &str) -> bool {
 }
 
 fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> {
+    let abuse_file = abuse::AbuseFile::from(&fc);
     // --- listening sockets -----------------------------------------------------------------
     let (list, listen_src) = pick_list(&cli.listening_ip, fc.listening_ip);
     let mut listen_ips: Vec<IpAddr> = Vec::new();
@@ -1318,6 +1341,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         buffer_range,
     )?;
 
+    let abuse = abuse::resolve(ctx, &cli.abuse, &abuse_file, relay_threads)?;
     let defaults = EngineConfig::default();
     let engine = EngineConfig {
         realm: realm.map_or(defaults.realm, |(r, _)| r),
@@ -1338,6 +1362,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         total_quota: total_quota as u32,
         legacy_channel_numbers: cli.legacy_channel_numbers
             || fc.legacy_channel_numbers.unwrap_or(false),
+        limits: abuse.limits,
     };
 
     Ok(Config {
@@ -1353,6 +1378,8 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         udp_recv_buffer: udp_recv_buffer as usize,
         udp_send_buffer: udp_send_buffer as usize,
         no_udp,
+        proc_user: abuse.proc_user,
+        proc_group: abuse.proc_group,
         no_tls,
         peer_rules,
     })
