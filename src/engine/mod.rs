@@ -316,6 +316,17 @@ impl Engine {
         self.by_tuple.len()
     }
 
+    /// Is there an allocation on `tuple`? (The runtime: a TCP/TLS connection that allocated is
+    /// no longer pending.)
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.by_tuple.contains_key(tuple)
+    }
+
+    /// What the shards share (the runtime counts client connections per IP there).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
         self.allocs.iter().flatten()
     }

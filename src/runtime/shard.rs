@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::batch::{self, Batch, Out, BATCH};
 use crate::codec::framing::{self, MAX_FRAME};
@@ -63,6 +63,21 @@ pub struct ShardStats {
     pub send_errors: u64,
     pub recv_errors: u64,
     pub stream_drops: u64,
+    /// Abuse limits on client TCP/TLS connections (README "Abuse resistance").
+    pub tcp: TcpLimitStats,
+}
+
+/// Client TCP/TLS connections refused or closed by the abuse limits.
+#[derive(Debug, Default, Clone)]
+pub struct TcpLimitStats {
+    /// Closed at accept: the source IP has `max-tcp-connections-per-ip`.
+    pub refused_tcp_per_ip: u64,
+    /// Closed at accept: the shard has its share of `max-pending-tcp-connections`.
+    pub refused_tcp_pending: u64,
+    /// Closed: no TLS handshake + allocation within `tcp-handshake-timeout`.
+    pub closed_tcp_handshake_timeout: u64,
+    /// Connections not allocated yet (gauge).
+    pub pending: usize,
 }
 
 pub struct ShardHandle {
@@ -130,6 +145,11 @@ struct Conn {
     /// ChannelBind on this connection, so a stream that starts with anything else is not a
     /// TURN client (an HTTP "GET" even looks like channel 0x4745) and is closed.
     stun_seen: bool,
+    /// Counted in the shared per-source-IP connection count (client connections only).
+    counted: bool,
+    /// Accepted, but no allocation (or RFC 6062 ConnectionBind) yet: counts against the
+    /// pending limit and the handshake deadline.
+    pending: bool,
 }
 
 struct Shard {
@@ -155,6 +175,10 @@ struct Shard {
     /// recvmmsg slots for UDP listeners and relay sockets.
     batch: Batch,
     shutdown: bool,
+    /// Abuse limits on client connections: counters, and the handshake deadlines in accept
+    /// order (one timeout for all, so the queue is sorted): (deadline, slot, 5-tuple).
+    tcp: TcpLimitStats,
+    deadlines: std::collections::VecDeque<(Instant, usize, FiveTuple)>,
 }
 
 /// Start a shard thread on already-bound listener sockets.
@@ -205,6 +229,8 @@ pub fn spawn(
         buf: vec![0u8; MAX_FRAME],
         batch: Batch::new(),
         shutdown: false,
+        tcp: TcpLimitStats::default(),
+        deadlines: std::collections::VecDeque::new(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("ferroturn-shard-{index}"))
@@ -241,6 +267,9 @@ impl Shard {
             if let Some(t) = self.engine.poll_timeout() {
                 deadline = deadline.min(t);
             }
+            if let Some((t, _, _)) = self.deadlines.front() {
+                deadline = deadline.min(*t);
+            }
             let timeout = deadline.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -272,6 +301,7 @@ impl Shard {
                 self.engine.handle_timeout(now);
                 self.flush(now);
             }
+            self.expire_pending(now);
             if now >= next_publish {
                 self.publish();
                 next_publish = now + PUBLISH_EVERY;
@@ -300,12 +330,66 @@ impl Shard {
         s.send_errors = self.send_errors;
         s.recv_errors = self.recv_errors;
         s.stream_drops = self.stream_drops;
+        s.tcp = self.tcp.clone();
+    }
+
+    /// Abuse limits at accept: per source IP (shared by the shards, touched once per
+    /// connection) and pending connections (this shard's share). False = close it.
+    fn admit_conn(&mut self, client: SocketAddr) -> bool {
+        let l = &self.engine.config().limits;
+        let (per_ip, pending_cap) = (l.tcp_connections_per_ip, l.shard_pending_tcp as usize);
+        if pending_cap != 0 && self.tcp.pending >= pending_cap {
+            self.tcp.refused_tcp_pending += 1;
+            if self.tcp.refused_tcp_pending.is_power_of_two() {
+                info!(event = "refused", reason = "pending_tcp", client = %client, total = self.tcp.refused_tcp_pending, "too many pending TCP/TLS connections");
+            }
+            return false;
+        }
+        if !self.engine.shared().tcp_open(client.ip(), per_ip) {
+            self.tcp.refused_tcp_per_ip += 1;
+            if self.tcp.refused_tcp_per_ip.is_power_of_two() {
+                info!(event = "refused", reason = "tcp_per_ip", client = %client, total = self.tcp.refused_tcp_per_ip, "too many TCP/TLS connections from one IP");
+            }
+            return false;
+        }
+        true
+    }
+
+    /// A pending connection that has allocated (or became an RFC 6062 data connection) is
+    /// pending no more.
+    fn settle_pending(&mut self, ci: usize) {
+        if let Some(Some(c)) = self.conns.get_mut(ci) {
+            if c.pending && (c.partner.is_some() || self.engine.has_allocation(&c.tuple)) {
+                c.pending = false;
+                self.tcp.pending -= 1;
+            }
+        }
+    }
+
+    /// Close connections that did not finish the TLS handshake and allocate in time
+    /// (slowloris, half-open TLS).
+    fn expire_pending(&mut self, now: Instant) {
+        while let Some(&(t, ci, tuple)) = self.deadlines.front() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            self.settle_pending(ci);
+            let late = matches!(self.conns.get(ci), Some(Some(c)) if c.tuple == tuple && c.pending);
+            if late {
+                self.tcp.closed_tcp_handshake_timeout += 1;
+                if self.tcp.closed_tcp_handshake_timeout.is_power_of_two() {
+                    info!(event = "refused", reason = "handshake_timeout", client = %tuple.client, total = self.tcp.closed_tcp_handshake_timeout, "no allocation in time; closing");
+                }
+                self.close_conn(ci, now);
+            }
+        }
     }
 
     fn read_listener(&mut self, li: usize, now: Instant) {
         match self.listeners.get(li) {
             Some(Listener::Udp(..)) => self.read_udp_listener(li, now),
-            Some(Listener::Stream(..)) => self.accept(li),
+            Some(Listener::Stream(..)) => self.accept(li, now),
             None => {}
         }
     }
@@ -397,7 +481,7 @@ impl Shard {
         }
     }
 
-    fn accept(&mut self, li: usize) {
+    fn accept(&mut self, li: usize, now: Instant) {
         for _ in 0..READ_BUDGET {
             let Some(Listener::Stream(l, server, tls)) = self.listeners.get(li) else {
                 return;
@@ -413,7 +497,11 @@ impl Shard {
                 }
             };
             let server = *server;
-            let tls = match tls {
+            let tls = tls.clone();
+            if !self.admit_conn(client) {
+                continue; // dropping `sock` closes it
+            }
+            let tls = match &tls {
                 Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
                     Ok(mut c) => {
                         c.set_buffer_limit(Some(MAX_STREAM_WBUF));
@@ -428,6 +516,7 @@ impl Shard {
             };
             let _ = sock.set_nodelay(true);
             let Some(ci) = self.register_conn(&mut sock) else {
+                self.engine.shared().tcp_closed(client.ip());
                 continue;
             };
             let tuple = FiveTuple {
@@ -451,7 +540,12 @@ impl Shard {
                 peer_of: None,
                 paused: false,
                 stun_seen: false,
+                counted: true,
+                pending: true,
             });
+            self.tcp.pending += 1;
+            let timeout = self.engine.config().limits.tcp_handshake_timeout;
+            self.deadlines.push_back((now + timeout, ci, tuple));
         }
         if let Some(Listener::Stream(l, _, _)) = self.listeners.get_mut(li) {
             let _ =
@@ -610,6 +704,7 @@ impl Shard {
                 }
                 c.rbuf.drain(..off);
                 self.flush(now);
+                self.settle_pending(ci);
                 // A ConnectionBind may just have turned this stream into a splice: what
                 // follows is raw peer data, not TURN framing.
                 if let Some(Some(Conn {
@@ -694,6 +789,12 @@ impl Shard {
         let _ = flush_conn(&mut c);
         let _ = self.poll.registry().deregister(&mut c.sock);
         self.free_conns.push(ci);
+        if c.counted {
+            self.engine.shared().tcp_closed(c.tuple.client.ip());
+        }
+        if c.pending {
+            self.tcp.pending -= 1;
+        }
         if let Some((relay, peer)) = c.peer_of {
             self.engine.on_peer_tcp_closed(relay, peer);
         } else {
@@ -1031,6 +1132,8 @@ impl Shard {
             peer_of: Some((relay, peer)),
             paused: false,
             stun_seen: true,
+            counted: false,
+            pending: false,
         });
         if !leftover.is_empty() {
             self.send_stream(pi, &leftover);
