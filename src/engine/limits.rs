@@ -249,6 +249,10 @@ pub struct RateLimiter {
     challenges: RateTable<Gcra>,
     fail_src: RateTable<Failures>,
     fail_user: RateTable<Failures>,
+    /// The user each source last authenticated as: a user in back-off is still served from
+    /// a source that has proven it knows the password (else anyone could lock a user out
+    /// by failing on purpose).
+    good_src: RateTable<SourceKey>,
     user_hasher: RandomState,
     /// Refusal log lines: at most [`LOG_PER_SEC`] a second, the rest counted.
     log_window: u64,
@@ -273,6 +277,7 @@ impl RateLimiter {
             challenges: RateTable::new(slots),
             fail_src: RateTable::new(slots),
             fail_user: RateTable::new(slots),
+            good_src: RateTable::new(slots),
             user_hasher: RandomState::new(),
             log_window: 0,
             log_count: 0,
@@ -314,7 +319,8 @@ impl RateLimiter {
         match user {
             Some(u) => {
                 let k = self.user_key(u);
-                blocked(self.fail_user.get(k))
+                let proven = self.good_src.get(source_key(ip)).is_some_and(|g| *g == k);
+                !proven && blocked(self.fail_user.get(k))
             }
             None => false,
         }
@@ -350,15 +356,14 @@ impl RateLimiter {
         }
     }
 
-    /// A successful authentication clears the source's and the user's record.
-    pub fn auth_succeeded(&mut self, ip: IpAddr, user: &[u8]) {
+    /// A successful authentication clears the source's record and marks the source as
+    /// proven for the user. The user's record stays: other sources may still be guessing.
+    pub fn auth_succeeded(&mut self, ip: IpAddr, user: &[u8], now: u64) {
         if let Some(f) = self.fail_src.get(source_key(ip)) {
             *f = Failures::default();
         }
         let k = self.user_key(user);
-        if let Some(f) = self.fail_user.get(k) {
-            *f = Failures::default();
-        }
+        *self.good_src.entry(source_key(ip), now) = k;
     }
 
     /// May a refusal be logged now? At most [`LOG_PER_SEC`] lines a second; the rest are
@@ -379,7 +384,11 @@ impl RateLimiter {
 
     /// Entries held, all tables (tests: bounded under a spoofed-source flood).
     pub fn entries(&self) -> usize {
-        self.requests.len() + self.challenges.len() + self.fail_src.len() + self.fail_user.len()
+        self.requests.len()
+            + self.challenges.len()
+            + self.fail_src.len()
+            + self.fail_user.len()
+            + self.good_src.len()
     }
 
     pub fn capacity(&self) -> usize {
@@ -387,6 +396,7 @@ impl RateLimiter {
             + self.challenges.capacity()
             + self.fail_src.capacity()
             + self.fail_user.capacity()
+            + self.good_src.capacity()
     }
 }
 
@@ -465,12 +475,16 @@ mod tests {
             waits.push((t - start) / (SEC / 10));
         }
         assert_eq!(waits, [10, 20, 40, 40]);
-        // The user is blocked from any source; success clears both.
+        // The user is blocked from any source that has not proven itself for that user.
         r.auth_failed(&l, ip, Some(b"u"), t);
         let other: IpAddr = Ipv4Addr::new(198, 51, 100, 1).into();
+        let proven: IpAddr = Ipv4Addr::new(198, 51, 100, 2).into();
+        r.auth_succeeded(proven, b"u", t);
         assert!(r.auth_blocked(other, Some(b"u"), t));
         assert!(!r.auth_blocked(other, Some(b"v"), t));
-        r.auth_succeeded(ip, b"u");
+        assert!(!r.auth_blocked(proven, Some(b"u"), t));
+        // Success clears the source's own record.
+        r.auth_succeeded(ip, b"u", t);
         assert!(!r.auth_blocked(ip, Some(b"u"), t));
     }
 }

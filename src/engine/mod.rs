@@ -784,7 +784,7 @@ impl Engine {
         {
             Ok(a) => {
                 if let Some(u) = user {
-                    self.limiter.auth_succeeded(ip, u);
+                    self.limiter.auth_succeeded(ip, u, t);
                 }
                 Some(a)
             }
