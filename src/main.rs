@@ -6,7 +6,7 @@ use tracing::{error, info, warn};
 
 use ferroturn::runtime::cli::{Cli, Command, CredentialsArgs};
 use ferroturn::runtime::config::{self, Config};
-use ferroturn::runtime::{notify, Server};
+use ferroturn::runtime::{notify, privdrop, Server};
 
 /// Exit code for configuration and startup errors (bad config, port in use).
 const EXIT_CONFIG: u8 = 2;
@@ -37,6 +37,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // proc-user / proc-group: every listener is bound and the TLS files are read; give up
+    // root before serving anyone.
+    match privdrop::drop_privileges(cfg.proc_user.as_deref(), cfg.proc_group.as_deref()) {
+        Ok(Some((uid, gid))) => info!(uid, gid, "privileges dropped"),
+        Ok(None) if privdrop::running_as_root() => {
+            warn!("running as root; set proc-user (or use the systemd unit) to drop privileges")
+        }
+        Ok(None) => {}
+        Err(e) => {
+            error!(error = %e, "privilege drop failed");
+            eprintln!("ferroturn: privilege drop failed: {e}");
+            server.shutdown();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     info!(
         udp = ?server.local_addrs(),
         tcp = ?server.tcp_addrs(),

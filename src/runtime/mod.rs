@@ -4,6 +4,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod notify;
+pub mod privdrop;
 pub mod server;
 pub mod shard;
 pub mod sockets;
