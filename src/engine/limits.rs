@@ -28,9 +28,11 @@ pub struct Limits {
     /// This shard's share of the server's relayed bytes per second (`bps-capacity` divided by
     /// the number of shards), both directions together.
     pub shard_bps_capacity: u64,
-    /// STUN requests per second per source (IPv4 address or IPv6 /64); burst of 2 s.
+    /// STUN requests per second per source (IPv4 address or IPv6 /64); burst of 2 s. This
+    /// shard's share of `max-requests-per-ip` (divided by the number of shards).
     pub requests_per_ip: u32,
-    /// 401/438 challenges per second per source (reflection guard); burst of 2 s.
+    /// 401/438 challenges per second per source (reflection guard); burst of 2 s. This
+    /// shard's share of `max-401-per-ip`.
     pub challenges_per_ip: u32,
     /// Failed authentications (per source and per user) before back-off starts.
     pub auth_failures_before_backoff: u32,

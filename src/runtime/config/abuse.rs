@@ -173,6 +173,16 @@ pub(super) fn resolve(
     } else {
         (pending_tcp / relay_threads.max(1) as u32).max(1)
     };
+    // Per-source rates are kept per shard (no shared table per request); a source whose
+    // datagrams hash to several shards (several source ports) must not get N times the rate,
+    // so each shard enforces an equal share, rounded up.
+    let share = |r: u32| {
+        if r == 0 {
+            0
+        } else {
+            r.div_ceil(relay_threads.max(1) as u32).max(1)
+        }
+    };
     Ok(Abuse {
         limits: Limits {
             allocations_per_ip,
@@ -182,8 +192,8 @@ pub(super) fn resolve(
             max_bps,
             shard_bps_capacity,
             bps_capacity,
-            requests_per_ip,
-            challenges_per_ip,
+            requests_per_ip: share(requests_per_ip),
+            challenges_per_ip: share(challenges_per_ip),
             auth_failures_before_backoff,
             auth_backoff_max: Duration::from_secs(auth_backoff_max),
             tcp_connections_per_ip,
