@@ -205,3 +205,96 @@ pub(super) fn resolve(
         proc_group,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load_from, Config, ConfigError};
+    use crate::runtime::cli::Cli;
+    use clap::Parser;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const MIN: &str = "realm = \"example.org\"\nuser = \"alice:pw\"\nlistening-ip = \"127.0.0.1\"\nrelay-threads = 2\n";
+
+    fn load(text: &str, args: &[&str]) -> Result<Config, ConfigError> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("ferroturn").chain(args.iter().copied())).unwrap();
+        load_from(
+            &cli,
+            Some((Path::new("turnserver.toml"), &format!("{MIN}{text}"))),
+        )
+    }
+
+    #[test]
+    fn defaults_and_shares() {
+        let c = load("", &[]).unwrap();
+        let l = &c.engine.limits;
+        assert_eq!(
+            (l.allocations_per_ip, l.allocations_per_prefix),
+            (256, 1024)
+        );
+        assert_eq!((l.max_permissions, l.max_channels), (128, 64));
+        assert_eq!((l.max_bps, l.bps_capacity, l.shard_bps_capacity), (0, 0, 0));
+        // Per-source rates and the pending cap are shared out between the 2 shards.
+        assert_eq!((l.requests_per_ip, l.challenges_per_ip), (250, 100));
+        assert_eq!(
+            (l.pending_tcp_connections, l.shard_pending_tcp),
+            (1024, 512)
+        );
+        assert_eq!(l.tcp_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(
+            (c.proc_user.as_deref(), c.proc_group.as_deref()),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn file_keys_and_flags() {
+        let text = "max-allocations-per-ip = 3\nmax-bps = 1000\nbps-capacity = 1000001\n\
+                    max-401-per-ip = 5\nmax-requests-per-ip = 0\nproc-user = \"nobody\"\n\
+                    tcp-handshake-timeout = 3\nauth-backoff-max = 5\n";
+        let c = load(
+            text,
+            &["--max-allocations-per-ip", "7", "--proc-group", "nogroup"],
+        )
+        .unwrap();
+        let l = &c.engine.limits;
+        assert_eq!(l.allocations_per_ip, 7, "the flag wins");
+        assert_eq!(
+            (l.max_bps, l.bps_capacity, l.shard_bps_capacity),
+            (1000, 1000001, 500000)
+        );
+        assert_eq!((l.challenges_per_ip, l.requests_per_ip), (3, 0));
+        assert_eq!(l.tcp_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(l.auth_backoff_max, Duration::from_secs(5));
+        assert_eq!(c.proc_user.as_deref(), Some("nobody"));
+        assert_eq!(c.proc_group.as_deref(), Some("nogroup"));
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors() {
+        for (text, needle) in [
+            (
+                "max-permissions-per-allocation = 0",
+                "'max-permissions-per-allocation': must be at least 1",
+            ),
+            (
+                "max-channels-per-allocation = 5000",
+                "5000 is out of range (1-4096)",
+            ),
+            (
+                "max-allocations-per-ip = -1",
+                "'max-allocations-per-ip': -1 is out of range",
+            ),
+            (
+                "tcp-handshake-timeout = 0",
+                "'tcp-handshake-timeout': must be at least 1",
+            ),
+            ("proc-user = \" \"", "'proc-user': must not be empty"),
+            ("max-401-per-ip = \"x\"", "max-401-per-ip"),
+        ] {
+            let e = load(&format!("{text}\n"), &[]).expect_err(text).to_string();
+            assert!(!e.contains('\n') && e.contains(needle), "{text}: {e}");
+        }
+    }
+}
