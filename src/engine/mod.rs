@@ -1419,6 +1419,9 @@ impl Engine {
         if !ok {
             // RFC 8656 §9.2: 508 when the server cannot install the permissions.
             self.stats.refused_permissions += 1;
+            if self.may_log(now) {
+                info!(event = "refused", reason = "permissions", client = %req.tuple.client, cap, "too many permissions");
+            }
             return self.error(now, req, Some(&auth), 508, "too many permissions", true);
         }
         self.respond(
@@ -1482,6 +1485,9 @@ impl Engine {
             // binding is a 400.
             if why == allocation::TOO_MANY_CHANNELS {
                 self.stats.refused_channels += 1;
+                if self.may_log(now) {
+                    info!(event = "refused", reason = "channels", client = %req.tuple.client, cap = max_channels, "too many channels");
+                }
                 return self.error(now, req, Some(&auth), 508, why, true);
             }
             return self.error(now, req, Some(&auth), 400, why, true);

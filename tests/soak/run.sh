@@ -92,7 +92,7 @@ deleted=$(grep -c "allocation deleted" "$work/server.log" || true)
 kill "$sampler" 2>/dev/null || true; sampler=
 read -r rmin rmax < <(awk -v w="$warm" '$1 >= w {print $2}' "$work/samples" | sort -n | awk 'NR==1{min=$1} {max=$1} END{print min, max}')
 read -r fmax < <(awk '{print $3}' "$work/samples" | sort -n | tail -1)
-echo "soak: $runs bench runs in $(( $(date +%s) - start )) s: $allocs allocate-only allocations, $sent packets sent, $delivered delivered"
+echo "soak: $runs bench runs in $(( $(date +%s) - start )) s: $allocs allocations, $sent packets sent, $delivered delivered"
 echo "soak: allocations created $created, deleted $deleted (log lines)"
 echo "soak: RSS after warm-up min $rmin KiB, max $rmax KiB (reference ${ref_rss:-?}, tolerance $RSS_TOL_KB); final $final_rss KiB"
 echo "soak: fds idle baseline $base_fds, peak under load $fmax, final $final_fds"
