@@ -433,6 +433,7 @@ impl Config {
             quota(e.user_quota),
             quota(e.total_quota)
         );
+        let _ = writeln!(s, "  abuse limits:      {}", abuse::summary(&e.limits));
         let _ = writeln!(s, "  relay threads:     {}", self.relay_threads);
         let _ = writeln!(
             s,

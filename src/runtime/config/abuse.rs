@@ -206,6 +206,30 @@ pub(super) fn resolve(
     })
 }
 
+/// One line for `check-config` (configured values, not the per-shard shares).
+pub(super) fn summary(l: &Limits) -> String {
+    let n = |v: u64| {
+        if v == 0 {
+            "unlimited".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    format!(
+        "allocations per IP {}, per prefix {}; permissions {}, channels {} per allocation; \
+         max-bps {}, bps-capacity {}; TCP per IP {}, pending {}, handshake {} s",
+        n(l.allocations_per_ip.into()),
+        n(l.allocations_per_prefix.into()),
+        l.max_permissions,
+        l.max_channels,
+        n(l.max_bps),
+        n(l.bps_capacity),
+        n(l.tcp_connections_per_ip.into()),
+        n(l.pending_tcp_connections.into()),
+        l.tcp_handshake_timeout.as_secs()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{load_from, Config, ConfigError};
