@@ -428,11 +428,11 @@ impl Engine {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         };
-        let t = now.saturating_duration_since(self.base.0);
+        let clock = (now, self.base.0);
         to_peer(
             &mut self.stats,
             &mut self.shard_bw,
-            t,
+            clock,
             a,
             relay,
             peer,
@@ -546,11 +546,11 @@ impl Engine {
             self.stats.peers_denied += 1;
             return ClientAction::None;
         }
-        let t = now.saturating_duration_since(self.base.0);
+        let clock = (now, self.base.0);
         to_peer(
             &mut self.stats,
             &mut self.shard_bw,
-            t,
+            clock,
             a,
             relay,
             peer,
@@ -1632,19 +1632,20 @@ const UP: usize = 0;
 const DOWN: usize = 1;
 
 /// Count a client → peer datagram (allocation and shard counters) and hand it to the runtime,
-/// unless a bandwidth limit drops it. `t`: time since the engine's base instant.
+/// unless a bandwidth limit drops it. `clock`: (now, the engine's base instant); the time is
+/// only computed when a limit is set.
 #[inline(always)]
 fn to_peer<'a>(
     stats: &mut Stats,
     shard_bw: &mut ByteBucket,
-    t: Duration,
+    clock: (Instant, Instant),
     a: &mut Allocation,
     relay: RelayId,
     peer: SocketAddr,
     payload: &'a [u8],
 ) -> ClientAction<'a> {
     if !a.bw[UP].unlimited() || !shard_bw.unlimited() {
-        let t = t.as_nanos() as u64;
+        let t = clock.0.saturating_duration_since(clock.1).as_nanos() as u64;
         if !a.bw[UP].take(t, payload.len()) {
             stats.dropped_bandwidth_allocation += 1;
             return ClientAction::None;
