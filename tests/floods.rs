@@ -327,15 +327,33 @@ fn connect_many(ip: &str, to: SocketAddr, n: usize) -> Vec<TcpStream> {
 #[test]
 fn slowloris_tcp() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut srv = Server::start(27, LIMITS);
+    let mut args = LIMITS.to_vec();
+    let i = args
+        .iter()
+        .position(|a| *a == "--max-tcp-connections-per-ip")
+        .unwrap();
+    args[i + 1] = "40";
+    let mut srv = Server::start(27, &args);
     let server = srv.addr;
     let fds_before = srv.fds();
     under_flood(&mut srv, "slowloris", move |stop| {
         // 300 connections from one address, each dribbling a STUN header one byte at a time:
-        // 100 are admitted (max-tcp-connections-per-ip), the rest closed at accept; the
+        // 40 are admitted (max-tcp-connections-per-ip), the rest closed at accept; the
         // admitted ones never allocate and are closed after tcp-handshake-timeout (2 s).
+        // One address cannot fill the pending slots (50 per shard), so a TCP client elsewhere
+        // is still served meanwhile.
         let mut streams = connect_many("127.0.0.6", server, 300);
         let connected = streams.len();
+        // Those over the per-IP cap are closed at once.
+        let admitted = all_closed(&mut streams, Duration::from_millis(300));
+        assert!(admitted <= 40, "{admitted} of {connected} held open");
+        let mut good = TcpStream::connect(server).expect("legit TCP connect");
+        good.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        good.write_all(&request(method::BINDING, None, 99)).unwrap();
+        let mut head = [0u8; 20];
+        good.read_exact(&mut head)
+            .expect("legit TCP client answered during slowloris");
+        assert_eq!(&head[..2], &[0x01, 0x01], "Binding success response");
         let header = request(method::ALLOCATE, None, 1);
         let t = Instant::now();
         let mut k = 0;
@@ -351,7 +369,10 @@ fn slowloris_tcp() {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        format!("{connected} connections, all closed by the server ({k} bytes dribbled each)")
+        format!(
+            "{connected} connections, {admitted} admitted, all closed by the server ({k} bytes \
+             dribbled each); a TCP client elsewhere answered meanwhile"
+        )
     });
     // Everything the flood took is given back.
     std::thread::sleep(Duration::from_millis(300));
@@ -395,12 +416,14 @@ fn half_open_tls() {
             streams.extend(connect_many(&format!("127.0.1.{}", i + 1), tls, 50));
         }
         let connected = streams.len();
+        let held = all_closed(&mut streams, Duration::from_millis(300));
+        assert!(held <= 100, "{held} of {connected} held open");
         let left = all_closed(&mut streams, Duration::from_secs(4));
         assert_eq!(left, 0, "{left} half-open TLS connections still open");
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        format!("{connected} connections, all closed by the server within 4 s")
+        format!("{connected} connections, {held} held (pending cap), all closed within 4 s")
     });
     std::thread::sleep(Duration::from_millis(300));
     let fds_after = srv.fds();
