@@ -434,3 +434,36 @@ fn half_open_tls() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn limits_reload_on_sighup() {
+    // Not a flood: the abuse limits are live-reloadable. Uses block 24 too (SERIAL: never
+    // at the same time as the garbage flood).
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ferroturn-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("turnserver.toml");
+    std::fs::write(&file, "max-allocations-per-ip = 1\n").unwrap();
+    let srv = Server::start(24, &["--config", file.to_str().unwrap()]);
+    let peer = EchoPeer::start("127.0.0.9");
+    let mut a = Client::new("127.0.0.1", srv.addr);
+    a.allocate(peer.addr);
+    let mut b = Client::new("127.0.0.1", srv.addr);
+    assert_eq!(b.try_allocate(), 486, "second allocation from the address");
+    std::fs::write(&file, "max-allocations-per-ip = 2\n").unwrap();
+    // SAFETY: our own child, by PID.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGHUP) };
+    let t = Instant::now();
+    let mut code = 486;
+    while code == 486 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        b = Client::new("127.0.0.1", srv.addr);
+        code = b.try_allocate();
+    }
+    assert_eq!(code, 0, "allocation after raising the limit and SIGHUP");
+    let mut c = Client::new("127.0.0.1", srv.addr);
+    assert_eq!(c.try_allocate(), 486, "the new limit holds");
+    a.delete();
+    b.delete();
+    let _ = std::fs::remove_dir_all(&dir);
+}
