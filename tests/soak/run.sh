@@ -27,7 +27,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 "$SRV" --listening-ip 127.0.0.1 --listening-port "$port" --relay-ip 127.0.0.1 \
     --min-port 63900 --max-port 63999 --realm soak.test --user soak:soak-pw \
     --allow-loopback-peers --relay-threads 2 --log-level info --log-file "$work/server.log" \
-    --max-requests-per-ip 0 --max-401-per-ip 0 &
+    --max-requests-per-ip 0 --max-401-per-ip 0 --max-allocations-per-ip 0 --max-allocations-per-prefix 0 &
 pid=$!
 sampler=
 cleanup() {
