@@ -175,6 +175,8 @@ struct TestPage {
 pub struct Ops {
     metrics: Option<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
+    /// Bound addresses (port 0 resolved).
+    addrs: (Option<SocketAddr>, Option<SocketAddr>),
     state: Arc<State>,
 }
 
@@ -215,9 +217,14 @@ impl Ops {
         } else {
             None
         };
+        let addrs = (
+            metrics.as_ref().and_then(|l| l.local_addr().ok()),
+            admin.as_ref().and_then(|l| l.local_addr().ok()),
+        );
         Ok(Ops {
             metrics,
             admin,
+            addrs,
             state: Arc::new(State {
                 server,
                 token_hash: cfg.ops.admin.as_ref().map(|a| sha256(a.token.as_bytes())),
@@ -230,11 +237,11 @@ impl Ops {
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+        self.addrs.0
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.addrs.1
     }
 
     /// After a reload: what `GET /api/v1/config` shows.

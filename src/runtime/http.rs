@@ -120,6 +120,7 @@ pub fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
         _ => "Unknown",
     }
 }
@@ -135,6 +136,7 @@ pub enum ReadError {
     BodyTooLarge,
     LengthRequired,
     Unsupported(&'static str),
+    Version,
 }
 
 impl ReadError {
@@ -149,6 +151,7 @@ impl ReadError {
             ReadError::BodyTooLarge => Response::text(413, "request body too large"),
             ReadError::LengthRequired => Response::text(411, "Content-Length required"),
             ReadError::Unsupported(why) => Response::text(501, *why),
+            ReadError::Version => Response::text(505, "HTTP/1.0 and HTTP/1.1 only"),
         })
     }
 }
@@ -165,7 +168,7 @@ pub fn parse_head(head: &[u8], peer: SocketAddr) -> Result<Request, ReadError> {
         return Err(ReadError::Malformed("bad request line"));
     };
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(ReadError::Unsupported("HTTP/1.0 and HTTP/1.1 only"));
+        return Err(ReadError::Version);
     }
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(ReadError::Malformed("bad method"));
