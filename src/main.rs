@@ -133,6 +133,7 @@ async fn control_loop(cli: &Cli, server: &Server, ops: &Ops, drain_timeout: std:
                 let n = handle.allocation_count();
                 let started = *drain_started.get_or_insert_with(|| {
                     admin::log_drain_start("SIGUSR1 or admin API", n, drain_timeout);
+                    notify::notify(&format!("STATUS=draining, {n} allocations"));
                     std::time::Instant::now()
                 });
                 if n == 0 {
