@@ -180,3 +180,37 @@ fn start_ops_default(
 ) -> (tokio::runtime::Runtime, ferroturn::runtime::admin::Ops) {
     ops_client::start_ops(srv.server(), &[], Arc::new(|_: &str| Ok(())))
 }
+
+#[test]
+fn http_read_timeout_and_connection_cap() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let srv = start_server(ServerOpts::block(14).ports(10).threads(1));
+    let (_rt, ops) = start_ops_default(&srv);
+    let m = ops.metrics_addr().unwrap();
+    // 64 connections that never finish their request hold every slot...
+    let t0 = std::time::Instant::now();
+    let mut idle: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect(m).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...so the 65th is told 503 at once.
+    let r = http(m, "GET", "/live", None, "");
+    assert_eq!((r.status, r.body.as_str()), (503, "too many connections\n"));
+    // The slow ones get 408 after the 5 s read timeout, and the slots come back.
+    let mut out = String::new();
+    idle[0].read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(4500) && waited < Duration::from_secs(9),
+        "{waited:?}"
+    );
+    idle.clear();
+    assert!(wait_status(m, "/live", 200, Duration::from_secs(3)));
+}

@@ -219,3 +219,19 @@ fn auth_failures_are_counted_by_reason() {
     assert_eq!(f[AuthFailure::UnknownUser as usize], 1);
     assert_eq!(h.engine.stats.auth_failures, 2);
 }
+
+#[test]
+fn drain_survives_a_reload_and_alternate_server_reloads() {
+    // SIGHUP swaps the configuration (alternate-server is reloadable); the drain is state,
+    // not configuration, and stays on.
+    let mut h = Harness::new(cfg());
+    h.engine.set_draining(true);
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    h.allocate(&mut c, &|_| {})
+        .assert_err(method::ALLOCATE, 508);
+    h.engine.set_config(Arc::new(alt_cfg()));
+    assert!(h.engine.is_draining());
+    let r = h.allocate(&mut c, &|_| {});
+    r.assert_err(method::ALLOCATE, 300);
+    assert!(r.get(attr::ALTERNATE_SERVER).is_some());
+}
