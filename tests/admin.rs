@@ -71,6 +71,13 @@ fn admin_api_requires_the_bearer_token() {
         200
     );
     assert_eq!(http(a, "GET", "/api/v1/nope", Some(TOKEN), "").status, 404);
+    // RFC 9110 §11.1: the scheme is case-insensitive; odd bytes are no token and no panic.
+    let raw = format!("GET /api/v1/sessions HTTP/1.1\r\nAuthorization: bEARER {TOKEN}\r\n\r\n");
+    assert_eq!(ops_client::http_raw(a, raw.as_bytes()).status, 200);
+    for odd in ["bearé x", "bearerébc", "é", "Bearer", "Bearer  "] {
+        let raw = format!("GET /api/v1/sessions HTTP/1.1\r\nAuthorization: {odd}\r\n\r\n");
+        assert_eq!(ops_client::http_raw(a, raw.as_bytes()).status, 401, "{odd}");
+    }
     // The metrics listener has no admin API.
     let m = ops.metrics_addr().unwrap();
     assert_eq!(
@@ -240,6 +247,8 @@ fn config_log_level_and_drain() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(*levels.lock().unwrap(), ["debug,ferroturn::engine=trace"]);
+    let c = http(a, "GET", "/api/v1/config", Some(TOKEN), "").json();
+    assert_eq!(c["log_level"], "debug,ferroturn::engine=trace");
     assert_eq!(
         http(a, "PUT", "/api/v1/log-level", Some(TOKEN), "!!").status,
         400

@@ -245,8 +245,12 @@ impl Ops {
     }
 
     /// After a reload: what `GET /api/v1/config` shows.
+    /// The log level shown stays the live one: a reload does not change the filter.
     pub fn set_config(&self, cfg: &Config) {
-        *self.state.config.lock().unwrap_or_else(|e| e.into_inner()) = config_json(cfg);
+        let mut c = self.state.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut new = config_json(cfg);
+        new["log_level"] = c["log_level"].clone();
+        *c = new;
     }
 
     /// Spawn the listeners on the current tokio runtime.
@@ -284,9 +288,14 @@ fn token_ok(st: &State, req: &Request) -> bool {
     let Some(want) = st.token_hash else {
         return false;
     };
+    // RFC 9110 §11.1: the scheme name is case-insensitive.
     let Some(given) = req
         .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|v| {
+            v.get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+        })
+        .and_then(|v| v.get(7..))
     else {
         return false;
     };
@@ -414,6 +423,8 @@ async fn admin_route(st: &State, req: Request) -> Response {
             match (st.log_level)(filter) {
                 Ok(()) => {
                     info!(event = "log_level_set", filter, peer = %req.peer, "log level changed by the admin API");
+                    st.config.lock().unwrap_or_else(|e| e.into_inner())["log_level"] =
+                        json!(filter);
                     Response::json(200, &json!({"log_level": filter}))
                 }
                 Err(e) => Response::json(400, &json!({"error": e})),

@@ -272,11 +272,9 @@ where
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Over the cap: say so without reading, and close.
-            let r = Response::text(503, "too many connections");
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(READ_TIMEOUT, s.write_all(&r.serialize(false))).await;
-            });
+            // Over the cap: one non-blocking write of the answer (it fits any socket buffer),
+            // no task, no read; then close.
+            let _ = s.try_write(&Response::text(503, "too many connections").serialize(false));
             continue;
         };
         let handler = handler.clone();
