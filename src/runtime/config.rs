@@ -446,6 +446,28 @@ impl Config {
             "  UDP buffers:       recv {} B, send {} B",
             self.udp_recv_buffer, self.udp_send_buffer
         );
+        let o = &self.ops;
+        let off = || "off".to_owned();
+        let _ = write!(
+            s,
+            "\n  metrics:           {}\n  admin API:         {}{}\n  drain:             \
+             timeout {}, alternate {}",
+            o.prometheus.map_or_else(off, |a| a.to_string()),
+            o.admin
+                .as_ref()
+                .map_or_else(off, |a| format!("{} (token hidden)", a.listen)),
+            if o.test_page { ", test page /test" } else { "" },
+            secs(o.drain_timeout),
+            if e.alternate_servers.is_empty() {
+                "none (508)".to_owned()
+            } else {
+                e.alternate_servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
         s
     }
 }
@@ -2366,6 +2388,13 @@ mod tests {
             !format!("{:?}", c.ops).contains("0123456789abcdef"),
             "token hidden"
         );
+        let sum = c.summary();
+        assert!(!sum.contains("0123456789abcdef"), "{sum}");
+        assert!(
+            sum.contains("admin API:         127.0.0.1:9642 (token hidden)"),
+            "{sum}"
+        );
+        assert!(sum.contains("metrics:           off"), "{sum}");
         assert!(
             err(&format!("{MIN}admin-listen = \"0.0.0.0:9642\"\n{tok}"), &[])
                 .contains("key 'admin-listen': 0.0.0.0:9642 is not a loopback address"),
