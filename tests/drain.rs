@@ -180,8 +180,17 @@ fn sigusr1_drain_redirects_new_allocations_and_exits_when_the_last_one_ends() {
         "event=\"session_start\"",
         "event=\"session_end\"",
         "reason=\"refresh0\"",
+        "to_peer_packets=10",
         "to_peer_bytes=640",
+        "to_client_packets=10",
         "to_client_bytes=640",
+        "user=alice",
+        "realm=\"ferroturn.test\"",
+        "transport=\"udp\"",
+        &format!("client={}", a.local()),
+        &format!("server={}", p.udp),
+        "relay=127.0.0.1:626",
+        "duration_ms=",
     ] {
         assert!(log.contains(needle), "{needle} not in the log:\n{log}");
     }
