@@ -225,3 +225,46 @@ fn admin_drain_without_alternate_refuses_with_508_and_exits_at_drain_timeout() {
     // Shutdown closes the remaining allocation with a usage record.
     assert!(log.contains("reason=\"shutdown\""), "{log}");
 }
+
+#[test]
+fn metrics_port_in_use_is_a_one_line_startup_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listen = udp.local_addr().unwrap().port().to_string();
+    drop(udp);
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
+        .args([
+            "--listening-ip",
+            "127.0.0.1",
+            "--listening-port",
+            &listen,
+            "--relay-ip",
+            "127.0.0.1",
+            "--min-port",
+            "62600",
+            "--max-port",
+            "62609",
+            "--realm",
+            REALM,
+            "--user",
+            "alice:alice-pass",
+            "--no-tcp",
+            "--prometheus",
+            "--prometheus-port",
+            &port,
+        ])
+        .env_remove("FERROTURN_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .output()
+        .expect("run ferroturn");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("ferroturn: key 'prometheus-port': cannot listen on 127.0.0.1:")
+            && err.contains("in use"),
+        "{err}"
+    );
+}
