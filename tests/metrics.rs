@@ -26,7 +26,9 @@ fn scrape(addr: std::net::SocketAddr) -> Scrape {
 
 #[test]
 fn metrics_scrape_parses_and_counters_follow_real_traffic() {
-    let srv = start_server(ServerOpts::block(13));
+    let mut opts = ServerOpts::block(13);
+    opts.max_port = opts.min_port + 49; // the other half is the username-labels test's
+    let srv = start_server(opts);
     let (_rt, ops) = start_ops_default(&srv);
     let m = ops.metrics_addr().unwrap();
     assert!(m.ip().is_loopback());
@@ -49,6 +51,10 @@ fn metrics_scrape_parses_and_counters_follow_real_traffic() {
         assert!(before.types.contains_key(name), "{name} missing");
     }
     assert_eq!(before.get("ferroturn_allocations{transport=\"udp\"}"), 0.0);
+    assert!(
+        !before.types.contains_key("ferroturn_user_allocations"),
+        "no per-user series unless enabled"
+    );
     let (_, _, setups0) = before.histogram("ferroturn_allocation_setup_seconds");
     let (_, _, batches0) = before.histogram("ferroturn_relay_batch_size");
 
@@ -213,4 +219,38 @@ fn http_read_timeout_and_connection_cap() {
     );
     idle.clear();
     assert!(wait_status(m, "/live", 200, Duration::from_secs(3)));
+}
+
+#[test]
+fn username_labels_only_when_enabled() {
+    let mut opts = ServerOpts::block(13);
+    opts.min_port += 50;
+    let srv = start_server(opts);
+    let (_rt, ops) = ops_client::start_ops(
+        srv.server(),
+        &["--prometheus-username-labels"],
+        Arc::new(|_: &str| Ok(())),
+    );
+    let m = ops.metrics_addr().unwrap();
+    assert_eq!(
+        scrape(m).get("ferroturn_allocations{transport=\"udp\"}"),
+        0.0
+    );
+    let (peer, _) = echo_peer();
+    let mut c = TurnUdp::new(srv.addr, USER, PASS, REALM);
+    c.allocate_ok();
+    c.permit(peer);
+    assert_eq!(c.echo_round(peer, 4, 25), 4);
+    // Live sessions are read at scrape time: no publish period to wait for.
+    let s = scrape(m);
+    assert_eq!(s.types["ferroturn_user_allocations"], "gauge");
+    assert_eq!(s.get("ferroturn_user_allocations{user=\"alice\"}"), 1.0);
+    assert_eq!(
+        s.get("ferroturn_user_session_bytes{user=\"alice\",direction=\"to_peer\"}"),
+        100.0
+    );
+    assert_eq!(
+        s.get("ferroturn_user_session_bytes{user=\"alice\",direction=\"to_client\"}"),
+        100.0
+    );
 }

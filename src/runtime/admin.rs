@@ -39,6 +39,8 @@ pub struct OpsConfig {
     pub test_page: bool,
     /// `test-page-urls`: TURN URLs the page tests; empty = derived from the listeners.
     pub test_page_urls: Vec<String>,
+    /// `prometheus-username-labels`: per-user series (high cardinality; off by default).
+    pub username_labels: bool,
 }
 
 #[derive(Clone)]
@@ -162,6 +164,7 @@ struct State {
     config: Mutex<serde_json::Value>,
     log_level: LogLevelSetter,
     test_page: Option<TestPage>,
+    username_labels: bool,
     /// Test-credential mints in the last minute (rate limit).
     minted: Mutex<Vec<Instant>>,
 }
@@ -231,6 +234,7 @@ impl Ops {
                 config: Mutex::new(config_json(cfg)),
                 log_level,
                 test_page,
+                username_labels: cfg.ops.username_labels,
                 minted: Mutex::new(Vec::new()),
             }),
         })
@@ -261,7 +265,7 @@ impl Ops {
             info!(event = "metrics_listening", addr = %l.local_addr()?, "metrics listener up");
             tokio::spawn(http::serve(l, "metrics", move |req| {
                 let st = st.clone();
-                async move { metrics_route(&st, req) }
+                async move { metrics_route(&st, req).await }
             }));
         }
         if let Some(l) = self.admin.take() {
@@ -316,12 +320,15 @@ fn health(st: &State, req: &Request) -> Option<Response> {
     }
 }
 
-fn metrics_response(st: &State) -> Response {
-    let body = metrics::render(&st.server.stats(), st.server.is_draining());
+async fn metrics_response(st: &State) -> Response {
+    let mut body = metrics::render(&st.server.stats(), st.server.is_draining());
+    if st.username_labels {
+        metrics::render_users(&mut body, &st.server.sessions().await);
+    }
     Response::new(200, metrics::CONTENT_TYPE, body)
 }
 
-fn metrics_route(st: &State, req: Request) -> Response {
+async fn metrics_route(st: &State, req: Request) -> Response {
     if req.method != "GET" && req.method != "HEAD" {
         return Response::text(405, "GET only").with_header("Allow", "GET, HEAD");
     }
@@ -329,7 +336,7 @@ fn metrics_route(st: &State, req: Request) -> Response {
         return r;
     }
     match req.path.as_str() {
-        "/metrics" => metrics_response(st),
+        "/metrics" => metrics_response(st).await,
         _ => Response::text(404, "not found"),
     }
 }
@@ -363,7 +370,7 @@ async fn admin_route(st: &State, req: Request) -> Response {
     }
     let path = req.path.as_str();
     match (m, path) {
-        ("GET", "/metrics") => metrics_response(st),
+        ("GET", "/metrics") => metrics_response(st).await,
         ("GET", "/api/v1/sessions") => {
             let list: Vec<serde_json::Value> = st
                 .server

@@ -185,6 +185,11 @@ pub struct Cli {
     #[arg(long, value_name = "IP", global = true)]
     pub prometheus_address: Option<String>,
 
+    /// Per-user series in /metrics (one per user: high cardinality) (coturn:
+    /// --prometheus-username-labels).
+    #[arg(long, global = true)]
+    pub prometheus_username_labels: bool,
+
     /// Admin HTTP/JSON API address, e.g. 127.0.0.1:9642 [default: off].
     #[arg(long, value_name = "IP:PORT", global = true)]
     pub admin_listen: Option<String>,

@@ -114,6 +114,7 @@ struct FileConfig {
     prometheus: Option<bool>,
     prometheus_port: Option<i64>,
     prometheus_address: Option<String>,
+    prometheus_username_labels: Option<bool>,
     admin_listen: Option<String>,
     admin_allow_remote: Option<bool>,
     admin_token: Option<String>,
@@ -1363,6 +1364,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             prometheus: fc.prometheus,
             prometheus_port: fc.prometheus_port,
             prometheus_address: fc.prometheus_address,
+            prometheus_username_labels: fc.prometheus_username_labels,
             admin_listen: fc.admin_listen,
             admin_allow_remote: fc.admin_allow_remote,
             admin_token: fc.admin_token,
@@ -1422,6 +1424,7 @@ struct OpsFile {
     prometheus: Option<bool>,
     prometheus_port: Option<i64>,
     prometheus_address: Option<String>,
+    prometheus_username_labels: Option<bool>,
     admin_listen: Option<String>,
     admin_allow_remote: Option<bool>,
     admin_token: Option<String>,
@@ -1458,6 +1461,7 @@ fn resolve_ops(
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Some((s, src)) => parse_ip(ctx, src, "prometheus-address", &s)?,
     };
+    let (username_labels, _) = flag(cli.prometheus_username_labels, f.prometheus_username_labels);
     let (allow_remote, _) = flag(cli.admin_allow_remote, f.admin_allow_remote);
     let admin_listen = match pick(cli.admin_listen.clone(), f.admin_listen) {
         None => None,
@@ -1579,6 +1583,7 @@ fn resolve_ops(
             drain_timeout: Duration::from_secs(drain_timeout),
             test_page,
             test_page_urls,
+            username_labels,
         },
         alternates,
     ))

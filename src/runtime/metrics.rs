@@ -102,6 +102,61 @@ impl Out {
     }
 }
 
+/// Per-user series (`prometheus-username-labels`), from a live session snapshot: the
+/// allocations of each user and the bytes their live sessions relayed. REST API usernames
+/// (`expiry:user`) are labelled by the user part, so one user is one series, not one per
+/// credential. Ended sessions are in the `session_end` records, not here.
+pub fn render_users(out: &mut String, sessions: &[crate::engine::ops::SessionInfo]) {
+    use std::collections::BTreeMap;
+    let mut by: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
+    for s in sessions {
+        let user = match s.user.split_once(':') {
+            Some((exp, u)) if !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit()) => u,
+            _ => s.user.as_str(),
+        };
+        let e = by.entry(user).or_default();
+        e[0] += 1;
+        e[1] += s.to_peer_bytes;
+        e[2] += s.to_client_bytes;
+    }
+    let mut o = Out(std::mem::take(out));
+    o.head(
+        "ferroturn_user_allocations",
+        "gauge",
+        "Live allocations per user (prometheus-username-labels).",
+    );
+    for (u, v) in &by {
+        let _ = writeln!(
+            o.0,
+            "ferroturn_user_allocations{{user=\"{}\"}} {}",
+            escape(u),
+            v[0]
+        );
+    }
+    o.head(
+        "ferroturn_user_session_bytes",
+        "gauge",
+        "Payload bytes relayed by each user's live sessions, by direction.",
+    );
+    for (u, v) in &by {
+        for (d, n) in [("to_peer", v[1]), ("to_client", v[2])] {
+            let _ = writeln!(
+                o.0,
+                "ferroturn_user_session_bytes{{user=\"{}\",direction=\"{d}\"}} {n}",
+                escape(u)
+            );
+        }
+    }
+    *out = o.0;
+}
+
+/// Label value escaping of the text format: backslash, double quote, newline.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The whole scrape.
 pub fn render(shards: &[ShardStats], draining: bool) -> String {
     let t = Totals::of(shards);
@@ -283,6 +338,53 @@ pub fn render(shards: &[ShardStats], draining: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_labels_group_rest_users_and_escape() {
+        use crate::engine::ops::SessionInfo;
+        use crate::engine::Transport;
+        let s = |user: &str, bytes| SessionInfo {
+            id: 1,
+            user: user.into(),
+            transport: Transport::Udp,
+            client: "127.0.0.1:1".parse().unwrap(),
+            server: "127.0.0.1:2".parse().unwrap(),
+            relays: vec![],
+            tcp_relay: false,
+            age: std::time::Duration::ZERO,
+            to_peer_packets: 0,
+            to_peer_bytes: bytes,
+            to_client_packets: 0,
+            to_client_bytes: 2 * bytes,
+            permissions: 0,
+            channels: 0,
+        };
+        let mut out = String::new();
+        render_users(
+            &mut out,
+            &[
+                s("1700000000:alice", 10),
+                s("1700000999:alice", 5),
+                s("b\"o\\b\n", 1),
+                s("x:y", 1),
+            ],
+        );
+        assert!(
+            out.contains("ferroturn_user_allocations{user=\"alice\"} 2\n"),
+            "{out}"
+        );
+        assert!(out
+            .contains("ferroturn_user_session_bytes{user=\"alice\",direction=\"to_client\"} 30\n"));
+        assert!(
+            out.contains("ferroturn_user_allocations{user=\"b\\\"o\\\\b\\n\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ferroturn_user_allocations{user=\"x:y\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("# TYPE ferroturn_user_allocations gauge\n"));
+    }
 
     #[test]
     fn renders_sums_and_cumulative_buckets() {
