@@ -335,10 +335,7 @@ mod tests {
     fn refuses_bad_heads() {
         for (head, want) in [
             (&b"GET /"[..], ReadError::Malformed("bad request line")),
-            (
-                b"GET / HTTP/2.0",
-                ReadError::Unsupported("HTTP/1.0 and HTTP/1.1 only"),
-            ),
+            (b"GET / HTTP/2.0", ReadError::Version),
             (b"get / HTTP/1.1", ReadError::Malformed("bad method")),
             (
                 b"GET x HTTP/1.1",
