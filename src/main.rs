@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use ferroturn::runtime::admin::{self, LogLevelSetter, Ops};
 use ferroturn::runtime::cli::{Cli, Command, CredentialsArgs};
 use ferroturn::runtime::config::{self, Config};
 use ferroturn::runtime::{notify, privdrop, Server};
@@ -25,10 +26,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = init_logging(&cfg) {
-        eprintln!("ferroturn: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let set_log_level = match init_logging(&cfg) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ferroturn: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -61,6 +65,23 @@ fn main() -> ExitCode {
         "ferroturn {} started",
         env!("CARGO_PKG_VERSION")
     );
+    // Metrics / admin listeners: bound now, so a bad address is a startup error (exit 2).
+    let mut ops = match Ops::bind(
+        &cfg,
+        server.handle(),
+        server.local_addrs(),
+        server.tcp_addrs(),
+        server.tls_addrs(),
+        set_log_level,
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            error!(error = %e, "startup failed");
+            eprintln!("ferroturn: {e}");
+            server.shutdown();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -72,7 +93,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(control_loop(&cli, &server));
+    rt.block_on(async {
+        if let Err(e) = ops.serve() {
+            error!(error = %e, "cannot start the HTTP listeners");
+            return;
+        }
+        control_loop(&cli, &server, &ops, cfg.ops.drain_timeout).await
+    });
     notify::notify("STOPPING=1");
     info!(allocations = server.allocation_count(), "shutting down");
     server.shutdown();
@@ -82,12 +109,18 @@ fn main() -> ExitCode {
 
 /// Signals: SIGINT/SIGTERM stop, SIGHUP reloads the configuration (users, secrets, peer ACLs,
 /// quotas); an invalid new configuration is logged and the running one kept.
-async fn control_loop(cli: &Cli, server: &Server) {
+/// SIGUSR1 (or the admin API) starts a drain: the loop ends, and the process exits 0, once no
+/// allocation is left or after `drain-timeout`.
+async fn control_loop(cli: &Cli, server: &Server, ops: &Ops, drain_timeout: std::time::Duration) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let handle = server.handle();
+    let mut drain_started: Option<std::time::Instant> = None;
+    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     ) else {
         error!("cannot install signal handlers; stopping");
         return;
@@ -106,8 +139,30 @@ async fn control_loop(cli: &Cli, server: &Server) {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); return; }
             _ = int.recv() => { info!("SIGINT"); return; }
+            _ = usr1.recv() => { handle.drain(); }
+            // Polled rather than signalled: the admin API may start the drain too.
+            _ = drain_tick.tick() => {
+                if !handle.is_draining() {
+                    continue;
+                }
+                let n = handle.allocation_count();
+                let started = *drain_started.get_or_insert_with(|| {
+                    admin::log_drain_start("SIGUSR1 or admin API", n, drain_timeout);
+                    notify::notify(&format!("STATUS=draining, {n} allocations"));
+                    std::time::Instant::now()
+                });
+                if n == 0 {
+                    info!(event = "drain_complete", "drain complete: no allocation left");
+                    return;
+                }
+                if started.elapsed() >= drain_timeout {
+                    warn!(event = "drain_timeout", allocations = n, "drain-timeout reached; exiting");
+                    return;
+                }
+            }
             _ = tick.tick() => {
-                let status = format!("STATUS={} allocations", server.allocation_count());
+                let draining = if handle.is_draining() { "draining, " } else { "" };
+                let status = format!("STATUS={draining}{} allocations", server.allocation_count());
                 if watchdog {
                     notify::notify(&format!("WATCHDOG=1\n{status}"));
                 } else {
@@ -117,6 +172,7 @@ async fn control_loop(cli: &Cli, server: &Server) {
             _ = hup.recv() => match config::load(cli) {
                 Ok(new) => {
                     notify::notify("RELOADING=1");
+                    ops.set_config(&new);
                     server.reload(new.engine);
                     info!("configuration reloaded");
                     if let Err(e) = server.reload_tls() {
@@ -181,12 +237,24 @@ fn json_string(s: &str) -> String {
     out
 }
 
-fn init_logging(cfg: &Config) -> Result<(), String> {
+/// Returns the admin API's way to change the filter at run time (PUT /api/v1/log-level).
+fn init_logging(cfg: &Config) -> Result<LogLevelSetter, String> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .map_err(|e| format!("key 'log-level': {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    /// A reload handle as a setter; the handle's type depends on the writer, hence a macro.
+    macro_rules! setter {
+        ($b:expr) => {{
+            let h = $b.reload_handle();
+            let f: LogLevelSetter = std::sync::Arc::new(move |s: &str| {
+                let f = EnvFilter::try_new(s).map_err(|e| format!("bad filter {s:?}: {e}"))?;
+                h.reload(f).map_err(|e| e.to_string())
+            });
+            f
+        }};
+    }
     match &cfg.log_file {
         Some(path) => {
             let f = std::fs::OpenOptions::new()
@@ -194,19 +262,24 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("key 'log-file': cannot open {}: {e}", path.display()))?;
-            builder
+            let b = builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f))
-                .init();
+                .with_filter_reloading();
+            let set = setter!(b);
+            b.init();
+            Ok(set)
         }
         None => {
             use std::io::IsTerminal;
             // Colours only for a person at a terminal, never into the journal or a pipe.
-            builder
+            let b = builder
                 .with_ansi(std::io::stdout().is_terminal())
                 .with_writer(std::io::stdout)
-                .init()
+                .with_filter_reloading();
+            let set = setter!(b);
+            b.init();
+            Ok(set)
         }
     }
-    Ok(())
 }

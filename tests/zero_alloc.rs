@@ -11,10 +11,9 @@ use ferroturn::engine::{ClientAction, PEER_HEADROOM, PEER_TAILROOM};
 use relay_setup::{channel_data, send_indication, setup};
 
 struct Counting;
+// Both per thread: tests run in parallel, and only the measuring thread's allocations count.
 thread_local! {
     static ON: Cell<bool> = const { Cell::new(false) };
-    // Per thread, like ON: the tests run in parallel, and one that allocates on purpose must
-    // not count against another.
     static ALLOCS: Cell<usize> = const { Cell::new(0) };
 }
 

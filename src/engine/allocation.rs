@@ -87,6 +87,8 @@ pub struct Allocation {
     pub tcp_peers: Vec<SocketAddr>,
     /// `max-bps` buckets: client → peer, peer → client (coturn treats them separately).
     pub bw: [super::limits::ByteBucket; 2],
+    /// Random id in logs (`session_start` / `session_end`) and the admin API.
+    pub session_id: u64,
 }
 
 impl Allocation {

@@ -1,6 +1,6 @@
 //! What the engine needs to know from the operator's configuration.
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::peer_filter::PeerFilter;
@@ -52,6 +52,9 @@ pub struct EngineConfig {
     pub legacy_channel_numbers: bool,
     /// Abuse limits: per-IP quotas, rates, back-off, bandwidth (README "Abuse resistance").
     pub limits: super::limits::Limits,
+    /// `alternate-server`: where Allocates are redirected (300 Try Alternate, RFC 8489 §10)
+    /// while draining. Empty = 508 while draining.
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl EngineConfig {
@@ -86,6 +89,7 @@ impl Default for EngineConfig {
             total_quota: 0,
             legacy_channel_numbers: false,
             limits: super::limits::Limits::default(),
+            alternate_servers: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod allocation;
 pub mod auth;
 pub mod config;
 pub mod limits;
+pub mod ops;
 pub mod peer_filter;
 pub mod shared;
 pub mod tcp_relay;
@@ -164,6 +165,8 @@ pub struct Stats {
     pub dropped_bandwidth_server: u64,
     /// Refusal log lines not written (at most 10 a second per shard).
     pub refusal_logs_suppressed: u64,
+    /// Histograms and counters by reason (metrics, admin API).
+    pub ops: ops::OpsStats,
 }
 
 /// An Allocate waiting for its relay socket(s) to be bound: one, or two for a dual allocation
@@ -183,6 +186,8 @@ struct PendingAllocate {
     refused: [Option<u16>; 2],
     /// RFC 6062 TCP allocation.
     tcp: bool,
+    /// When the Allocate was taken on (setup-time histogram).
+    started: Instant,
 }
 
 /// One relay socket of a [`PendingAllocate`].
@@ -246,6 +251,8 @@ pub struct Engine {
     /// This shard's share of `bps-capacity` (both directions).
     shard_bw: ByteBucket,
     pub stats: Stats,
+    /// Draining (SIGUSR1 / admin API): new Allocates get 300 or 508, the rest goes on.
+    draining: bool,
 }
 
 impl Engine {
@@ -281,6 +288,7 @@ impl Engine {
             limiter: RateLimiter::default(),
             shard_bw,
             stats: Stats::default(),
+            draining: false,
         }
     }
 
@@ -801,6 +809,7 @@ impl Engine {
             }
             Err(AuthError::BadRequest(why)) => {
                 self.stats.auth_failures += 1;
+                self.stats.ops.auth_failure(ops::AuthFailure::BadRequest);
                 info!(event = "auth_failure", client = %req.tuple.client, reason = why, "bad request");
                 self.error(now, req, None, 400, why, false);
                 None
@@ -808,6 +817,9 @@ impl Engine {
             Err(AuthError::Unauthorized(why)) => {
                 self.stats.auth_failures += 1;
                 self.limiter.auth_failed(&self.cfg.limits, ip, user, t);
+                self.stats
+                    .ops
+                    .auth_failure(ops::AuthFailure::from_unauthorized(why));
                 let user = msg
                     .get(attr::USERNAME)
                     .map(|u| String::from_utf8_lossy(u).into_owned())
@@ -874,6 +886,9 @@ impl Engine {
         if self.by_tuple.contains_key(&req.tuple) {
             self.error(now, req, Some(&auth), 437, "", true);
             return;
+        }
+        if self.draining {
+            return self.refuse_draining(now, req, &auth);
         }
         match msg.get(attr::REQUESTED_TRANSPORT) {
             None => {
@@ -995,6 +1010,11 @@ impl Engine {
                 QuotaError::Prefix => (486, "allocations per prefix"),
                 QuotaError::Total => (508, "total quota"),
             };
+            match e {
+                QuotaError::User => self.stats.ops.refusal(ops::Refusal::UserQuota),
+                QuotaError::Total => self.stats.ops.refusal(ops::Refusal::TotalQuota),
+                QuotaError::Ip | QuotaError::Prefix => {}
+            }
             *match e {
                 QuotaError::User => &mut self.stats.refused_quota_user,
                 QuotaError::Ip => &mut self.stats.refused_quota_ip,
@@ -1048,6 +1068,7 @@ impl Engine {
         }
         if port.is_none() && second_port.is_none() {
             self.shared.release_quota(&auth.username, client_ip);
+            self.stats.ops.refusal(ops::Refusal::Capacity);
             info!(event = "capacity", client = %req.tuple.client, "relay port range exhausted");
             return self.error(now, req, Some(&auth), 508, "", true);
         }
@@ -1104,6 +1125,7 @@ impl Engine {
             legs,
             refused,
             tcp,
+            started: now,
         }));
         self.pending_by_tuple.insert(req.tuple, owner);
     }
@@ -1219,6 +1241,7 @@ impl Engine {
         if relays.iter().all(Option::is_none) {
             self.shared
                 .release_quota(&p.auth.username, p.req.tuple.client.ip());
+            self.stats.ops.refusal(ops::Refusal::Capacity);
             let req = p.req;
             return self.error(now, &req, Some(&p.auth), 508, "", true);
         }
@@ -1238,7 +1261,14 @@ impl Engine {
             tcp: p.tcp,
             tcp_peers: Vec::new(),
             bw: [ByteBucket::new(self.cfg.limits.max_bps); 2],
+            session_id: self.next_rand(),
         };
+        let setup = now.saturating_duration_since(p.started).as_micros() as u64;
+        self.stats
+            .ops
+            .setup_time
+            .observe(ops::SETUP_US_BOUNDS, setup);
+        ops::log_session_start(&a, &self.cfg.realm);
         let idx = match self.free_allocs.pop() {
             Some(i) => {
                 self.allocs[i as usize] = Some(a);
@@ -1547,6 +1577,14 @@ impl Engine {
         }
         self.shared.release_quota(&a.username, a.tuple.client.ip());
         self.stats.allocations_deleted += 1;
+        let end = ops::EndReason::from_reason(reason);
+        self.stats.ops.sessions_ended[end as usize] += 1;
+        let secs = now.saturating_duration_since(a.created).as_secs();
+        self.stats
+            .ops
+            .session_duration
+            .observe(ops::DURATION_S_BOUNDS, secs);
+        ops::log_session_end(&a, &self.cfg.realm, now, end);
         info!(
             event = "allocation_deleted",
             reason,
@@ -1599,6 +1637,98 @@ impl Engine {
         if let Some(&idx) = self.by_tuple.get(&tuple) {
             self.delete_allocation(now, idx, "connection closed");
         }
+    }
+
+    /// Start or stop draining: new Allocates are refused (300 Try Alternate or 508), existing
+    /// allocations are refreshed and relayed as before.
+    pub fn set_draining(&mut self, on: bool) {
+        self.draining = on;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// RFC 8489 §10 (ALTERNATE-SERVER mechanism), RFC 8656 §7.2: while draining, an
+    /// authenticated Allocate is redirected with 300 Try Alternate and an ALTERNATE-SERVER of
+    /// the client's address family (RFC 8489 §14.15), signed like any answer to an
+    /// authenticated request; without one, 508 Insufficient Capacity.
+    fn refuse_draining(&mut self, now: Instant, req: &Req, auth: &Authenticated) {
+        let family = req.tuple.client.is_ipv4();
+        let n = self
+            .cfg
+            .alternate_servers
+            .iter()
+            .filter(|a| a.is_ipv4() == family)
+            .count();
+        if n == 0 {
+            self.stats.ops.refusal(ops::Refusal::DrainRefused);
+            return self.error(now, req, Some(auth), 508, "draining", true);
+        }
+        // Spread redirected clients over the alternates, as coturn's round robin does.
+        let pick = (self.next_rand() % n as u64) as usize;
+        let Some(alt) = self
+            .cfg
+            .alternate_servers
+            .iter()
+            .filter(|a| a.is_ipv4() == family)
+            .nth(pick)
+            .copied()
+        else {
+            return;
+        };
+        self.stats.ops.refusal(ops::Refusal::DrainRedirect);
+        self.respond(
+            now,
+            req,
+            Class::Error,
+            Some((&auth.key, auth.kind)),
+            true,
+            |w| {
+                w.error_code(300, stun::reason(300))
+                    .addr(attr::ALTERNATE_SERVER, alt);
+            },
+        );
+    }
+
+    /// The sessions (allocations) of this shard, for the admin API.
+    pub fn sessions(&self, now: Instant) -> Vec<ops::SessionInfo> {
+        self.allocations()
+            .map(|a| ops::SessionInfo::of(a, now))
+            .collect()
+    }
+
+    /// Allocation, permission and channel gauges by transport (scans every allocation).
+    pub fn gauges(&self, now: Instant) -> ops::Gauges {
+        ops::Gauges::of(self.allocations(), now)
+    }
+
+    /// Delete the allocation with session id `id` (admin API), as if it had expired: its relay
+    /// sockets close and a later Refresh on its 5-tuple gets 437. Returns whether it was here.
+    pub fn kill_session(&mut self, now: Instant, id: u64) -> bool {
+        let idx = self
+            .allocs
+            .iter()
+            .position(|a| a.as_ref().is_some_and(|a| a.session_id == id));
+        match idx {
+            Some(i) => {
+                self.delete_allocation(now, i as u32, "killed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delete every allocation of `user` (a revoked user); returns how many.
+    pub fn kill_user(&mut self, now: Instant, user: &str) -> usize {
+        let mut n = 0;
+        for i in 0..self.allocs.len() {
+            if self.allocs[i].as_ref().is_some_and(|a| a.username == user) {
+                self.delete_allocation(now, i as u32, "killed");
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Delete every allocation (shutdown): frees ports and quotas, queues Close commands.

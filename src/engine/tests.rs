@@ -3589,3 +3589,5 @@ fn tcp_connection_attempt_bind_and_expiry() {
 }
 
 mod abuse;
+/// Drain, kill, session records and operations counters.
+mod ops_tests;
