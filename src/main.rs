@@ -5,7 +5,8 @@ use clap::Parser;
 use tracing::{error, info, warn};
 
 use ferroturn::runtime::cli::{Cli, Command, CredentialsArgs};
-use ferroturn::runtime::config::{self, Config};
+use ferroturn::runtime::config;
+use ferroturn::runtime::logging::{self, LogHandle};
 use ferroturn::runtime::{notify, Server};
 
 /// Exit code for configuration and startup errors (bad config, port in use).
@@ -25,10 +26,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = init_logging(&cfg) {
-        eprintln!("ferroturn: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let log = match logging::init(&cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ferroturn: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -57,7 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(control_loop(&cli, &server));
+    rt.block_on(control_loop(&cli, &server, &log));
     notify::notify("STOPPING=1");
     info!(allocations = server.allocation_count(), "shutting down");
     server.shutdown();
@@ -66,8 +70,8 @@ fn main() -> ExitCode {
 }
 
 /// Signals: SIGINT/SIGTERM stop, SIGHUP reloads the configuration (users, secrets, peer ACLs,
-/// quotas); an invalid new configuration is logged and the running one kept.
-async fn control_loop(cli: &Cli, server: &Server) {
+/// quotas, log level); an invalid new configuration is logged and the running one kept.
+async fn control_loop(cli: &Cli, server: &Server, log: &LogHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -103,13 +107,16 @@ async fn control_loop(cli: &Cli, server: &Server) {
                 Ok(new) => {
                     notify::notify("RELOADING=1");
                     server.reload(new.engine);
-                    info!("configuration reloaded");
+                    if let Err(e) = log.set_level(&new.log_level) {
+                        warn!(error = %e, "log level not changed");
+                    }
+                    info!(event = "config_reloaded", log_level = %new.log_level, "configuration reloaded");
                     if let Err(e) = server.reload_tls() {
                         warn!(error = %e, "new TLS certificate rejected; keeping the previous one");
                     }
                     notify::notify("READY=1");
                 }
-                Err(e) => warn!(error = %e, "reload rejected; keeping the running configuration"),
+                Err(e) => warn!(event = "config_rejected", error = %e, "reload rejected; keeping the running configuration"),
             },
         }
     }
@@ -164,34 +171,4 @@ fn json_string(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn init_logging(cfg: &Config) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
-        .map_err(|e| format!("key 'log-level': {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &cfg.log_file {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("key 'log-file': cannot open {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
-        }
-        None => {
-            use std::io::IsTerminal;
-            // Colours only for a person at a terminal, never into the journal or a pipe.
-            builder
-                .with_ansi(std::io::stdout().is_terminal())
-                .with_writer(std::io::stdout)
-                .init()
-        }
-    }
-    Ok(())
 }

@@ -171,6 +171,11 @@ pub struct Cli {
     /// `info,ferroturn::engine=debug` [default: info].
     #[arg(long, value_name = "LEVEL", global = true)]
     pub log_level: Option<String>,
+
+    /// Log line format: `text` or `json` (one JSON object per line; schema in the README,
+    /// "Logs") [default: text].
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<String>,
 }
 
 #[derive(Subcommand, Clone, Debug, PartialEq, Eq)]

@@ -44,6 +44,7 @@ use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
 use super::cli::Cli;
+use super::logging::LogFormat;
 use crate::engine::peer_filter::{IpRange, PeerFilter, PeerFilterConfig};
 use crate::engine::{EngineConfig, UserKey};
 
@@ -108,6 +109,7 @@ struct FileConfig {
     software: Option<String>,
     log_file: Option<String>,
     log_level: Option<String>,
+    log_format: Option<String>,
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
 }
@@ -247,6 +249,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// A level (`info`) or a tracing filter (`info,ferroturn::engine=debug`).
     pub log_level: String,
+    /// `log-format`: text (default) or JSON lines (README "Logs").
+    pub log_format: LogFormat,
     /// SO_RCVBUF / SO_SNDBUF for every UDP socket, bytes.
     pub udp_recv_buffer: usize,
     pub udp_send_buffer: usize,
@@ -288,6 +292,7 @@ impl fmt::Debug for Config {
             .field("relay_threads", &self.relay_threads)
             .field("log_file", &self.log_file)
             .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
             .finish_non_exhaustive()
     }
 }
@@ -419,8 +424,9 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  log:               {} to {}",
+            "  log:               {} ({}) to {}",
             self.log_level,
+            self.log_format.as_str(),
             self.log_file
                 .as_ref()
                 .map_or("stdout".to_owned(), |p| p.display().to_string())
@@ -1301,6 +1307,11 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             s
         }
     };
+    let log_format = match pick(cli.log_format.clone(), fc.log_format) {
+        None => LogFormat::Text,
+        Some((s, src)) => LogFormat::from_str(s.trim())
+            .map_err(|()| ctx.err(src, "log-format", format!("{s:?} is not text or json")))?,
+    };
 
     let buffer_range = (1, i32::MAX as u64);
     let (udp_recv_buffer, _) = int(
@@ -1350,6 +1361,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         relay_threads: relay_threads as usize,
         log_file,
         log_level,
+        log_format,
         udp_recv_buffer: udp_recv_buffer as usize,
         udp_send_buffer: udp_send_buffer as usize,
         no_udp,
