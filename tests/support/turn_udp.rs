@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferroturn::codec::long_term_key_md5;
 use ferroturn::codec::stun::{
@@ -70,7 +70,9 @@ impl TurnUdp {
             'tx: for _ in 0..5 {
                 self.sock.send_to(&buf, self.server).expect("send");
                 let mut rb = [0u8; 2048];
-                loop {
+                // Other traffic on this socket (ChannelData) does not extend the wait.
+                let until = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < until {
                     match self.sock.recv_from(&mut rb) {
                         Ok((n, _)) => {
                             if let Ok(msg) = Message::parse(&rb[..n]) {
