@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use ferroturn::runtime::cli::{Cli, Command, CredentialsArgs};
+use ferroturn::runtime::cli::{Cli, Command, ConvertArgs, CredentialsArgs};
 use ferroturn::runtime::config;
 use ferroturn::runtime::logging::{self, LogHandle};
 use ferroturn::runtime::{notify, Server};
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::CheckConfig) => return config::check_config(&cli),
         Some(Command::Credentials(args)) => return credentials(&cli, args),
+        Some(Command::Convert(args)) => return convert(args),
         None => {}
     }
     let cfg = match config::load(&cli) {
@@ -118,6 +119,40 @@ async fn control_loop(cli: &Cli, server: &Server, log: &LogHandle) {
                 }
                 Err(e) => warn!(event = "config_rejected", error = %e, "reload rejected; keeping the running configuration"),
             },
+        }
+    }
+}
+
+/// `ferroturn convert [FILE]`: coturn turnserver.conf -> ferroturn TOML on stdout, ignored
+/// lines on stderr. 0 = converted, 2 = unreadable file or a value that cannot be converted.
+fn convert(args: &ConvertArgs) -> ExitCode {
+    use std::io::Read;
+    let (name, text) = match &args.file {
+        Some(p) => (p.display().to_string(), std::fs::read_to_string(p)),
+        None => {
+            let mut s = String::new();
+            let r = std::io::stdin().read_to_string(&mut s).map(|_| s);
+            ("standard input".to_owned(), r)
+        }
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ferroturn: {name}: cannot read the coturn config file: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match ferroturn::runtime::coturn::convert(&text) {
+        Ok(c) => {
+            for i in &c.ignored {
+                eprintln!("{i}");
+            }
+            print!("{}", c.toml);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferroturn: {name}: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

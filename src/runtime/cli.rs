@@ -29,6 +29,12 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
+    /// Run from a coturn `turnserver.conf` instead of a TOML file: the options ferroturn
+    /// supports are converted as `ferroturn convert` does, ignored lines are reported on
+    /// stderr. Not together with --config.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub coturn_config: Option<PathBuf>,
+
     /// IP address to listen on; repeatable [default: 0.0.0.0] (coturn: -L).
     #[arg(short = 'L', long, value_name = "IP", global = true)]
     pub listening_ip: Vec<String>,
@@ -186,6 +192,15 @@ pub enum Command {
     /// Mint short-lived TURN REST API credentials and print them as an `iceServers` entry.
     /// The secret comes from --secret, else from the config's first static-auth-secret.
     Credentials(CredentialsArgs),
+    /// Print the ferroturn TOML equivalent of a coturn turnserver.conf (FILE, or standard
+    /// input); every line that has no effect is reported on stderr with its number and why.
+    Convert(ConvertArgs),
+}
+
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct ConvertArgs {
+    /// coturn configuration file [default: standard input].
+    pub file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]

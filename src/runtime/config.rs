@@ -461,6 +461,9 @@ pub fn check_config(cli: &Cli) -> ExitCode {
 
 /// Read the file (if `--config` was given), merge the command line over it, validate.
 pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    if let Some(path) = &cli.coturn_config {
+        return load_coturn(cli, path);
+    }
     match &cli.config {
         Some(path) => {
             let text = fs::read_to_string(path).map_err(|e| ConfigError {
@@ -472,6 +475,34 @@ pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
         }
         None => load_from(cli, None),
     }
+}
+
+/// `--coturn-config`: convert (reporting ignored lines on stderr), then load the TOML. Errors
+/// name the coturn file and the key; positions in the generated TOML would mean nothing.
+fn load_coturn(cli: &Cli, path: &Path) -> Result<Config, ConfigError> {
+    let in_file = |key: Option<String>, message: String| ConfigError {
+        origin: Origin::File(path.to_path_buf()),
+        key,
+        message,
+    };
+    if cli.config.is_some() {
+        return Err(in_file(
+            None,
+            "give either --config or --coturn-config, not both".into(),
+        ));
+    }
+    let text = fs::read_to_string(path)
+        .map_err(|e| in_file(None, format!("cannot read the coturn config file: {e}")))?;
+    let conv = super::coturn::convert(&text).map_err(|e| in_file(None, e.to_string()))?;
+    for i in &conv.ignored {
+        eprintln!("ferroturn: {}: {i}", path.display());
+    }
+    load_from(cli, Some((path, &conv.toml))).map_err(|mut e| {
+        if let Origin::FileAt { path, .. } = e.origin {
+            e.origin = Origin::File(path);
+        }
+        e
+    })
 }
 
 /// [`load`] with the file's text already in hand (`path` is only used in messages).

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod coturn;
 pub mod logging;
 pub mod notify;
 pub mod server;
