@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use ferroturn::runtime::cli::{Cli, Command, ConvertArgs, CredentialsArgs};
+use ferroturn::runtime::cli::{Cli, Command, ConvertArgs, CredentialsArgs, StunProbeArgs};
 use ferroturn::runtime::config;
 use ferroturn::runtime::logging::{self, LogHandle};
 use ferroturn::runtime::{notify, Server};
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => return config::check_config(&cli),
         Some(Command::Credentials(args)) => return credentials(&cli, args),
         Some(Command::Convert(args)) => return convert(args),
+        Some(Command::StunProbe(args)) => return stun_probe(args),
         None => {}
     }
     let cfg = match config::load(&cli) {
@@ -153,6 +154,48 @@ fn convert(args: &ConvertArgs) -> ExitCode {
         Err(e) => {
             eprintln!("ferroturn: {name}: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `ferroturn stun-probe`: 0 = answered, 1 = timeout or error response, 2 = bad target.
+fn stun_probe(args: &StunProbeArgs) -> ExitCode {
+    use ferroturn::runtime::stun_probe::{probe, resolve, ProbeOptions};
+    let server = match resolve(&args.target) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ferroturn stun-probe: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.tcp && (args.change_ip || args.change_port) {
+        // RFC 5780 §7.2: CHANGE-REQUEST only makes sense over UDP.
+        eprintln!("ferroturn stun-probe: --change-ip/--change-port need UDP, not --tcp");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let opts = ProbeOptions {
+        server,
+        tcp: args.tcp,
+        change_ip: args.change_ip,
+        change_port: args.change_port,
+        rto: std::time::Duration::from_millis(args.rto),
+        transmissions: args.transmissions,
+    };
+    match probe(&opts) {
+        Ok(r) => {
+            println!("{}", if args.json { r.json() } else { r.text() });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{{\"server\":{},\"error\":{}}}",
+                    json_string(&server.to_string()),
+                    json_string(&e.to_string())
+                );
+            }
+            eprintln!("ferroturn stun-probe: {server}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

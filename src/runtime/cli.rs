@@ -195,6 +195,37 @@ pub enum Command {
     /// Print the ferroturn TOML equivalent of a coturn turnserver.conf (FILE, or standard
     /// input); every line that has no effect is reported on stderr with its number and why.
     Convert(ConvertArgs),
+    /// Send one STUN Binding request (turnutils_stunclient-like) and print the mapped address,
+    /// RESPONSE-ORIGIN, OTHER-ADDRESS and the round-trip time. Exit 0 = answered,
+    /// 1 = timeout or error response, 2 = bad target.
+    StunProbe(StunProbeArgs),
+}
+
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct StunProbeArgs {
+    /// Server: HOST, HOST:PORT, IP or [IPv6]:PORT (port 3478 if omitted).
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// Use TCP instead of UDP.
+    #[arg(long)]
+    pub tcp: bool,
+    /// RFC 5780 CHANGE-REQUEST: ask for the response from the server's other IP.
+    #[arg(long)]
+    pub change_ip: bool,
+    /// RFC 5780 CHANGE-REQUEST: ask for the response from the server's other port.
+    #[arg(long)]
+    pub change_port: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Initial retransmission timeout in ms (RFC 8489 §6.2.1 RTO).
+    #[arg(long, value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub rto: u64,
+    /// Transmissions over UDP (RFC 8489 §6.2.1 Rc); the last is waited for 16 x RTO.
+    #[arg(long, value_name = "N", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub transmissions: u32,
 }
 
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]

@@ -9,6 +9,7 @@ pub mod notify;
 pub mod server;
 pub mod shard;
 pub mod sockets;
+pub mod stun_probe;
 pub mod tls;
 
 pub use server::{Server, StartError};
