@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// Also accept channel numbers 0x5000-0x7FFF, the RFC 5766 range that RFC 8656 §12 took
     /// back (coturn's clients still pick from it). Off by default.
     pub legacy_channel_numbers: bool,
+    /// RFC 5780 NAT behaviour discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST) on
+    /// these addresses; None = off (the default, as coturn), CHANGE-REQUEST gets 420.
+    pub rfc5780: Option<super::nat_discovery::Rfc5780>,
 }
 
 impl EngineConfig {
@@ -83,6 +86,7 @@ impl Default for EngineConfig {
             user_quota: 0,
             total_quota: 0,
             legacy_channel_numbers: false,
+            rfc5780: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 pub mod allocation;
 pub mod auth;
 pub mod config;
+pub mod nat_discovery;
 pub mod peer_filter;
 pub mod shared;
 pub mod tcp_relay;
@@ -527,7 +528,11 @@ impl Engine {
             return;
         }
         let mut unknown = [0u16; 8];
-        let n = msg.unknown_required(&mut unknown);
+        let mut n = msg.unknown_required(&mut unknown);
+        if n > 0 && msg.method == method::BINDING && self.rfc5780_on(&tuple) {
+            // RFC 5780 §7.2: CHANGE-REQUEST is understood here; elsewhere it gets 420.
+            n = nat_discovery::strip_change_request(&mut unknown, n);
+        }
         if n > 0 {
             // RFC 8489 §6.3: the unknown-attribute check comes after the authentication checks,
             // so a TURN request is challenged first and its 420 is signed (§9.2.4).
@@ -558,7 +563,7 @@ impl Engine {
             return;
         }
         match msg.method {
-            method::BINDING => self.binding(now, &req),
+            method::BINDING => self.binding(now, &req, msg),
             method::ALLOCATE => self.allocate(now, &req, msg),
             method::REFRESH => self.refresh(now, &req, msg),
             method::CREATE_PERMISSION => self.create_permission(now, &req, msg),
@@ -679,14 +684,46 @@ impl Engine {
     }
 
     /// RFC 8489 §7.3.1: answer with the reflexive transport address.
-    fn binding(&mut self, now: Instant, req: &Req) {
+    fn binding(&mut self, now: Instant, req: &Req, msg: &Message) {
         let mapped = req.tuple.client;
         let mut r = *req;
         // Binding responses always carry FINGERPRINT (helps clients demultiplex, RFC 8489 §7).
         r.fingerprint = true;
+        let nat = match self.cfg.rfc5780.filter(|_| self.rfc5780_on(&req.tuple)) {
+            None => None,
+            Some(cfg) => {
+                let change = match msg.get(attr::CHANGE_REQUEST) {
+                    None => Some((false, false)),
+                    Some(v) => nat_discovery::change_request(v),
+                };
+                let Some((ip, port)) = change else {
+                    self.error(now, req, None, 400, "malformed CHANGE-REQUEST", false);
+                    return;
+                };
+                cfg.answer(req.tuple.server, ip, port)
+            }
+        };
         self.respond(now, &r, Class::Success, None, false, |w| {
             w.xor_addr(attr::XOR_MAPPED_ADDRESS, mapped);
+            if let Some(a) = nat {
+                // RFC 5780 §7.3 RESPONSE-ORIGIN, §7.4 OTHER-ADDRESS (MAPPED-ADDRESS format).
+                w.addr(attr::RESPONSE_ORIGIN, a.source)
+                    .addr(attr::OTHER_ADDRESS, a.other);
+            }
         });
+        if let (Some(a), Some(t)) = (nat, self.transmits.back_mut()) {
+            // The runtime sends from the listener bound to `server` (RFC 5780 §7.2).
+            t.tuple.server = a.source;
+        }
+    }
+
+    /// RFC 5780 applies to UDP requests received on one of its four addresses.
+    fn rfc5780_on(&self, tuple: &FiveTuple) -> bool {
+        tuple.transport == Transport::Udp
+            && self
+                .cfg
+                .rfc5780
+                .is_some_and(|c| c.answer(tuple.server, false, false).is_some())
     }
 
     /// The allocation on this 5-tuple, after the checks every request on an existing allocation

@@ -178,6 +178,16 @@ pub struct Cli {
     #[arg(long, value_name = "LEVEL", global = true)]
     pub log_level: Option<String>,
 
+    /// RFC 5780 NAT behaviour discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST);
+    /// needs two listening IPs. Off by default (coturn: on with two IPs, --no-rfc5780).
+    #[arg(long, global = true)]
+    pub rfc5780: bool,
+
+    /// Alternate UDP port for --rfc5780 [default: listening-port + 1]
+    /// (coturn: --alt-listening-port).
+    #[arg(long, value_name = "PORT", global = true)]
+    pub alt_listening_port: Option<u64>,
+
     /// Log line format: `text` or `json` (one JSON object per line; schema in the README,
     /// "Logs") [default: text].
     #[arg(long, value_name = "FORMAT", global = true)]

@@ -45,6 +45,7 @@ use tracing::level_filters::LevelFilter;
 
 use super::cli::Cli;
 use super::logging::LogFormat;
+use crate::engine::nat_discovery::Rfc5780;
 use crate::engine::peer_filter::{IpRange, PeerFilter, PeerFilterConfig};
 use crate::engine::{EngineConfig, UserKey};
 
@@ -110,6 +111,8 @@ struct FileConfig {
     log_file: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
+    rfc5780: Option<bool>,
+    alt_listening_port: Option<i64>,
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
 }
@@ -370,6 +373,13 @@ impl Config {
             listeners(&self.tls_listen, "off")
         );
         let _ = writeln!(s, "  TLS:               {tls}");
+        if let Some(r) = &e.rfc5780 {
+            let _ = writeln!(
+                s,
+                "  RFC 5780:          {} and {}, ports {} and {}",
+                r.ips[0], r.ips[1], r.ports[0], r.ports[1]
+            );
+        }
         let _ = writeln!(
             s,
             "  relay IPv4:        {}",
@@ -846,6 +856,73 @@ fn valid_log_level(s: &str) -> bool {
         })
 }
 
+/// `rfc5780` / `alt-listening-port`: RFC 5780 needs an alternate IP and an alternate port
+/// (§4.1), so the first two specific listening IPs of one family, each with UDP listeners on
+/// `listening-port` and `alt-listening-port` (default: listening-port + 1, as coturn).
+#[allow(clippy::too_many_arguments)]
+fn resolve_rfc5780(
+    ctx: &Ctx,
+    (cli_on, file_on): (bool, Option<bool>),
+    alt: Option<(i128, Src)>,
+    listen_ips: &[IpAddr],
+    (listening_port, no_udp): (u16, bool),
+    tls_port: Option<u16>,
+    own_ports: &mut Vec<(u16, Src, &'static str)>,
+    listen: &mut Vec<SocketAddr>,
+) -> Result<Option<Rfc5780>, ConfigError> {
+    let (on, src) = flag(cli_on, file_on);
+    if !on {
+        return Ok(None);
+    }
+    if no_udp {
+        return Err(ctx.err(src, "rfc5780", "NAT discovery needs UDP, but no-udp is set"));
+    }
+    let specific: Vec<IpAddr> = listen_ips
+        .iter()
+        .copied()
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let two: Vec<IpAddr> = match specific.first() {
+        Some(first) => specific
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() == first.is_ipv4())
+            .take(2)
+            .collect(),
+        None => Vec::new(),
+    };
+    let [a, b] = two[..] else {
+        return Err(ctx.err(
+            src,
+            "rfc5780",
+            "needs two specific listening-ip addresses of one family (RFC 5780 §4.1: the \
+             server answers from an alternate IP)",
+        ));
+    };
+    let default_alt = listening_port.checked_add(1).ok_or_else(|| {
+        ctx.err(
+            src,
+            "alt-listening-port",
+            "listening-port is 65535; set alt-listening-port",
+        )
+    })?;
+    let (alt, alt_src) = port(ctx, "alt-listening-port", alt, default_alt)?;
+    if alt == listening_port || Some(alt) == tls_port {
+        return Err(ctx.err(
+            alt_src,
+            "alt-listening-port",
+            format!("{alt} must differ from listening-port and tls-listening-port"),
+        ));
+    }
+    own_ports.push((alt, alt_src, "alt-listening-port"));
+    listen.push(SocketAddr::new(a, alt));
+    listen.push(SocketAddr::new(b, alt));
+    Ok(Some(Rfc5780 {
+        ips: [a, b],
+        ports: [listening_port, alt],
+    }))
+}
+
 fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> {
     // --- listening sockets -----------------------------------------------------------------
     let (list, listen_src) = pick_list(&cli.listening_ip, fc.listening_ip);
@@ -955,9 +1032,19 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             .map(|&ip| SocketAddr::new(ip, port))
             .collect()
     };
-    let listen = on_every_ip(no_udp, listening_port);
+    let mut listen = on_every_ip(no_udp, listening_port);
     let tcp_listen = on_every_ip(no_tcp, listening_port);
     let tls_listen = on_every_ip(tls.is_none(), tls_listening_port);
+    let rfc5780 = resolve_rfc5780(
+        ctx,
+        (cli.rfc5780, fc.rfc5780),
+        pick_num(cli.alt_listening_port, fc.alt_listening_port),
+        &listen_ips,
+        (listening_port, no_udp),
+        tls.is_some().then_some(tls_listening_port),
+        &mut own_ports,
+        &mut listen,
+    )?;
 
     // --- relay and external addresses ------------------------------------------------------
     let (list, relay_src) = pick_list(&cli.relay_ip, fc.relay_ip);
@@ -1380,6 +1467,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         total_quota: total_quota as u32,
         legacy_channel_numbers: cli.legacy_channel_numbers
             || fc.legacy_channel_numbers.unwrap_or(false),
+        rfc5780,
     };
 
     Ok(Config {

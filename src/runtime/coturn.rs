@@ -65,8 +65,11 @@ const OPTIONS: &[(&str, Map)] = &[
         "listening-device",
         No("not supported: bind to an address with listening-ip"),
     ),
-    ("alt-listening-port", NotYet),
-    ("alt-tls-listening-port", NotYet),
+    ("alt-listening-port", Int("alt-listening-port")),
+    (
+        "alt-tls-listening-port",
+        No("not supported: RFC 5780 is served over UDP only"),
+    ),
     ("aux-server", No("not supported")),
     (
         "udp-self-balance",
