@@ -530,7 +530,8 @@ impl Engine {
         let mut unknown = [0u16; 8];
         let mut n = msg.unknown_required(&mut unknown);
         if n > 0 && msg.method == method::BINDING && self.rfc5780_on(&tuple) {
-            // RFC 5780 §7.2: CHANGE-REQUEST is understood here; elsewhere it gets 420.
+            // RFC 5780 §7.2 CHANGE-REQUEST is understood here; elsewhere it is an unknown
+            // comprehension-required attribute: 420 (RFC 8489 §6.3.1).
             n = nat_discovery::strip_change_request(&mut unknown, n);
         }
         if n > 0 {

@@ -112,8 +112,12 @@ fn request(opts: &ProbeOptions) -> ([u8; 12], Vec<u8>) {
     let mut tid = [0u8; 12];
     // A weak id only costs a spoofable probe; the time is a fine fallback.
     if getrandom::fill(&mut tid).is_err() {
-        let n = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
-        tid.copy_from_slice(&n.to_be_bytes()[..12]);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let n = t ^ (u128::from(std::process::id()) << 64);
+        tid.copy_from_slice(&n.to_be_bytes()[4..]);
     }
     let mut buf = Vec::new();
     let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &tid);
