@@ -134,3 +134,58 @@ fn json_log_lines_parse_and_carry_the_documented_fields() {
     assert!(objects[0]["message"].as_str().unwrap().contains("started"));
     assert_eq!(objects.last().unwrap()["message"], "stopped");
 }
+
+#[test]
+fn json_to_a_log_file_and_bad_format_rejected() {
+    let dir = std::env::temp_dir().join(format!("ferroturn-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ferroturn.log");
+    let file_s = file.to_str().unwrap().to_owned();
+    let mut args = vec![
+        "--log-format",
+        "json",
+        "--log-file",
+        &file_s,
+        "-r",
+        REALM,
+        "-u",
+        "alice:alice-pass",
+        "--relay-threads",
+        "1",
+    ];
+    args.extend(RELAY);
+    // Nothing goes to stdout: wait for the start line in the file instead.
+    let srv = Ferroturn::start_with(&args, || {
+        std::fs::read_to_string(&file).is_ok_and(|s| s.contains("started"))
+    });
+    assert_eq!(srv.stop(), Some(0));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["timestamp"].as_str().is_some_and(is_rfc3339_utc), "{l}");
+        assert!(!l.contains("\u{1b}["), "no ANSI colours in the file: {l}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferroturn"))
+        .args([
+            "check-config",
+            "-L",
+            "127.0.0.1",
+            "--log-format",
+            "xml",
+            "-u",
+            "a:b",
+        ])
+        .env_remove("FERROTURN_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "ferroturn: command line: option '--log-format': \"xml\" is not text or json"
+    );
+}

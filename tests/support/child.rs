@@ -42,6 +42,17 @@ impl Ferroturn {
     /// Start `ferroturn ARGS -L 127.0.0.1 -p <free port>` and wait (at most 10 s) until it
     /// logs that it started (a line containing `ready_marker`). Retries a lost port race.
     pub fn start(args: &[&str], ready_marker: &str) -> Ferroturn {
+        Self::start_inner(args, &|out: &[String]| {
+            out.iter().any(|l| l.contains(ready_marker))
+        })
+    }
+
+    /// [`Ferroturn::start`] with a readiness check of the caller's (e.g. a log file).
+    pub fn start_with(args: &[&str], ready: impl Fn() -> bool) -> Ferroturn {
+        Self::start_inner(args, &|_: &[String]| ready())
+    }
+
+    fn start_inner(args: &[&str], ready: &dyn Fn(&[String]) -> bool) -> Ferroturn {
         for _ in 0..10 {
             let port = free_port();
             let mut child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
@@ -57,12 +68,7 @@ impl Ferroturn {
             let stderr = collect(child.stderr.take().expect("stderr"));
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if stdout
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|l| l.contains(ready_marker))
-                {
+                if ready(&stdout.lock().unwrap()) {
                     return Ferroturn {
                         child,
                         addr: SocketAddr::from(([127, 0, 0, 1], port)),
