@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use ferroturn::runtime::admin::{self, LogLevelSetter, Ops};
 use ferroturn::runtime::cli::{Cli, Command, ConvertArgs, CredentialsArgs, StunProbeArgs};
 use ferroturn::runtime::config;
 use ferroturn::runtime::logging::{self, LogHandle};
@@ -52,6 +53,28 @@ fn main() -> ExitCode {
         "ferroturn {} started",
         env!("CARGO_PKG_VERSION")
     );
+    // The admin API (PUT /api/v1/log-level) and SIGHUP change the same filter.
+    let set_log_level: LogLevelSetter = {
+        let h = log.clone();
+        std::sync::Arc::new(move |s: &str| h.set_level(s))
+    };
+    // Metrics / admin listeners: bound now, so a bad address is a startup error (exit 2).
+    let mut ops = match Ops::bind(
+        &cfg,
+        server.handle(),
+        server.local_addrs(),
+        server.tcp_addrs(),
+        server.tls_addrs(),
+        set_log_level,
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            error!(error = %e, "startup failed");
+            eprintln!("ferroturn: {e}");
+            server.shutdown();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -63,7 +86,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(control_loop(&cli, &server, &log));
+    rt.block_on(async {
+        if let Err(e) = ops.serve() {
+            error!(error = %e, "cannot start the HTTP listeners");
+            return;
+        }
+        control_loop(&cli, &server, &ops, &log, cfg.ops.drain_timeout).await
+    });
     notify::notify("STOPPING=1");
     info!(allocations = server.allocation_count(), "shutting down");
     server.shutdown();
@@ -73,12 +102,24 @@ fn main() -> ExitCode {
 
 /// Signals: SIGINT/SIGTERM stop, SIGHUP reloads the configuration (users, secrets, peer ACLs,
 /// quotas, log level); an invalid new configuration is logged and the running one kept.
-async fn control_loop(cli: &Cli, server: &Server, log: &LogHandle) {
+/// SIGUSR1 (or the admin API) starts a drain: the loop ends, and the process exits 0, once no
+/// allocation is left or after `drain-timeout`.
+async fn control_loop(
+    cli: &Cli,
+    server: &Server,
+    ops: &Ops,
+    log: &LogHandle,
+    drain_timeout: std::time::Duration,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let handle = server.handle();
+    let mut drain_started: Option<std::time::Instant> = None;
+    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     ) else {
         error!("cannot install signal handlers; stopping");
         return;
@@ -97,8 +138,30 @@ async fn control_loop(cli: &Cli, server: &Server, log: &LogHandle) {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); return; }
             _ = int.recv() => { info!("SIGINT"); return; }
+            _ = usr1.recv() => { handle.drain(); }
+            // Polled rather than signalled: the admin API may start the drain too.
+            _ = drain_tick.tick() => {
+                if !handle.is_draining() {
+                    continue;
+                }
+                let n = handle.allocation_count();
+                let started = *drain_started.get_or_insert_with(|| {
+                    admin::log_drain_start("SIGUSR1 or admin API", n, drain_timeout);
+                    notify::notify(&format!("STATUS=draining, {n} allocations"));
+                    std::time::Instant::now()
+                });
+                if n == 0 {
+                    info!(event = "drain_complete", "drain complete: no allocation left");
+                    return;
+                }
+                if started.elapsed() >= drain_timeout {
+                    warn!(event = "drain_timeout", allocations = n, "drain-timeout reached; exiting");
+                    return;
+                }
+            }
             _ = tick.tick() => {
-                let status = format!("STATUS={} allocations", server.allocation_count());
+                let draining = if handle.is_draining() { "draining, " } else { "" };
+                let status = format!("STATUS={draining}{} allocations", server.allocation_count());
                 if watchdog {
                     notify::notify(&format!("WATCHDOG=1\n{status}"));
                 } else {
@@ -108,6 +171,7 @@ async fn control_loop(cli: &Cli, server: &Server, log: &LogHandle) {
             _ = hup.recv() => match config::load(cli) {
                 Ok(new) => {
                     notify::notify("RELOADING=1");
+                    ops.set_config(&new);
                     server.reload(new.engine);
                     if let Err(e) = log.set_level(&new.log_level) {
                         warn!(error = %e, "log level not changed");

@@ -51,7 +51,7 @@ fn convert_output_passes_check_config_and_reports_ignored_lines() {
         (46, "pidfile"),
         (47, "proc-user"),
         (48, "proc-group"),
-        (49, "prometheus"),
+        (49, "alternate-server"),
         (51, "cli-password"),
         (52, "mobility"),
     ];
@@ -123,7 +123,7 @@ fn coturn_config_runs_the_server() {
     );
     let stderr = srv.stderr.lock().unwrap().join("\n");
     assert!(
-        stderr.contains("line 49: 'prometheus' ignored: not supported yet"),
+        stderr.contains("line 26: 'max-bps' ignored: not supported yet"),
         "ignored lines reported at start: {stderr}"
     );
     let mut c = TurnUdp::new(srv.addr, "alice", "alice-pass", "turn.example.org");

@@ -6,21 +6,21 @@ mod relay_setup;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferroturn::engine::{ClientAction, PEER_HEADROOM, PEER_TAILROOM};
 use relay_setup::{channel_data, send_indication, setup};
 
 struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+// Both per thread: tests run in parallel, and only the measuring thread's allocations count.
 thread_local! {
     static ON: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         if ON.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            ALLOCS.with(|c| c.set(c.get() + 1));
         }
         System.alloc(l)
     }
@@ -29,7 +29,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         if ON.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            ALLOCS.with(|c| c.set(c.get() + 1));
         }
         System.realloc(p, l, n)
     }
@@ -41,13 +41,13 @@ static GLOBAL: Counting = Counting;
 /// Allocations made by `f`, run `n` times on this thread.
 fn allocations(n: usize, mut f: impl FnMut()) -> usize {
     f(); // warm-up: first-use growth does not count
-    ALLOCS.store(0, Ordering::Relaxed);
+    ALLOCS.with(|c| c.set(0));
     ON.with(|c| c.set(true));
     for _ in 0..n {
         f();
     }
     ON.with(|c| c.set(false));
-    ALLOCS.load(Ordering::Relaxed)
+    ALLOCS.with(|c| c.get())
 }
 
 #[test]

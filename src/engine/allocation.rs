@@ -83,6 +83,8 @@ pub struct Allocation {
     pub tcp: bool,
     /// TCP allocations: peers with a connection (pending bind or spliced), for 446.
     pub tcp_peers: Vec<SocketAddr>,
+    /// Random id in logs (`session_start` / `session_end`) and the admin API.
+    pub session_id: u64,
 }
 
 impl Allocation {

@@ -1,6 +1,6 @@
 //! What the engine needs to know from the operator's configuration.
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::peer_filter::PeerFilter;
@@ -53,6 +53,9 @@ pub struct EngineConfig {
     /// RFC 5780 NAT behaviour discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST) on
     /// these addresses; None = off (the default, as coturn), CHANGE-REQUEST gets 420.
     pub rfc5780: Option<super::nat_discovery::Rfc5780>,
+    /// `alternate-server`: where Allocates are redirected (300 Try Alternate, RFC 8489 §10)
+    /// while draining. Empty = 508 while draining.
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl EngineConfig {
@@ -87,6 +90,7 @@ impl Default for EngineConfig {
             total_quota: 0,
             legacy_channel_numbers: false,
             rfc5780: None,
+            alternate_servers: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod allocation;
 pub mod auth;
 pub mod config;
 pub mod nat_discovery;
+pub mod ops;
 pub mod peer_filter;
 pub mod shared;
 pub mod tcp_relay;
@@ -137,6 +138,8 @@ pub struct Stats {
     pub auth_failures: u64,
     pub stale_nonces: u64,
     pub peers_denied: u64,
+    /// Histograms and counters by reason (metrics, admin API).
+    pub ops: ops::OpsStats,
 }
 
 /// An Allocate waiting for its relay socket(s) to be bound: one, or two for a dual allocation
@@ -156,6 +159,8 @@ struct PendingAllocate {
     refused: [Option<u16>; 2],
     /// RFC 6062 TCP allocation.
     tcp: bool,
+    /// When the Allocate was taken on (setup-time histogram).
+    started: Instant,
 }
 
 /// One relay socket of a [`PendingAllocate`].
@@ -216,6 +221,8 @@ pub struct Engine {
     base: (Instant, u64),
     rng: u64,
     pub stats: Stats,
+    /// Draining (SIGUSR1 / admin API): new Allocates get 300 or 508, the rest goes on.
+    draining: bool,
 }
 
 impl Engine {
@@ -248,6 +255,7 @@ impl Engine {
             base: (now, unix_now),
             rng: seed | 1,
             stats: Stats::default(),
+            draining: false,
         }
     }
 
@@ -667,12 +675,16 @@ impl Engine {
             }
             Err(AuthError::BadRequest(why)) => {
                 self.stats.auth_failures += 1;
+                self.stats.ops.auth_failure(ops::AuthFailure::BadRequest);
                 info!(event = "auth_failure", client = %req.tuple.client, reason = why, "bad request");
                 self.error(now, req, None, 400, why, false);
                 None
             }
             Err(AuthError::Unauthorized(why)) => {
                 self.stats.auth_failures += 1;
+                self.stats
+                    .ops
+                    .auth_failure(ops::AuthFailure::from_unauthorized(why));
                 let user = msg
                     .get(attr::USERNAME)
                     .map(|u| String::from_utf8_lossy(u).into_owned())
@@ -756,6 +768,9 @@ impl Engine {
         if self.by_tuple.contains_key(&req.tuple) {
             self.error(now, req, Some(&auth), 437, "", true);
             return;
+        }
+        if self.draining {
+            return self.refuse_draining(now, req, &auth);
         }
         match msg.get(attr::REQUESTED_TRANSPORT) {
             None => {
@@ -868,10 +883,12 @@ impl Engine {
         {
             Ok(()) => {}
             Err(QuotaError::User) => {
+                self.stats.ops.refusal(ops::Refusal::UserQuota);
                 info!(event = "quota", user = %auth.username, client = %req.tuple.client, "user quota reached");
                 return self.error(now, req, Some(&auth), 486, "", true);
             }
             Err(QuotaError::Total) => {
+                self.stats.ops.refusal(ops::Refusal::TotalQuota);
                 info!(event = "quota", user = %auth.username, client = %req.tuple.client, "total quota reached");
                 return self.error(now, req, Some(&auth), 508, "", true);
             }
@@ -918,6 +935,7 @@ impl Engine {
         }
         if port.is_none() && second_port.is_none() {
             self.shared.release_quota(&auth.username);
+            self.stats.ops.refusal(ops::Refusal::Capacity);
             info!(event = "capacity", client = %req.tuple.client, "relay port range exhausted");
             return self.error(now, req, Some(&auth), 508, "", true);
         }
@@ -974,6 +992,7 @@ impl Engine {
             legs,
             refused,
             tcp,
+            started: now,
         }));
         self.pending_by_tuple.insert(req.tuple, owner);
     }
@@ -1088,6 +1107,7 @@ impl Engine {
         }
         if relays.iter().all(Option::is_none) {
             self.shared.release_quota(&p.auth.username);
+            self.stats.ops.refusal(ops::Refusal::Capacity);
             let req = p.req;
             return self.error(now, &req, Some(&p.auth), 508, "", true);
         }
@@ -1106,7 +1126,14 @@ impl Engine {
             to_client_bytes: 0,
             tcp: p.tcp,
             tcp_peers: Vec::new(),
+            session_id: self.next_rand(),
         };
+        let setup = now.saturating_duration_since(p.started).as_micros() as u64;
+        self.stats
+            .ops
+            .setup_time
+            .observe(ops::SETUP_US_BOUNDS, setup);
+        ops::log_session_start(&a, &self.cfg.realm);
         let idx = match self.free_allocs.pop() {
             Some(i) => {
                 self.allocs[i as usize] = Some(a);
@@ -1395,6 +1422,14 @@ impl Engine {
         }
         self.shared.release_quota(&a.username);
         self.stats.allocations_deleted += 1;
+        let end = ops::EndReason::from_reason(reason);
+        self.stats.ops.sessions_ended[end as usize] += 1;
+        let secs = now.saturating_duration_since(a.created).as_secs();
+        self.stats
+            .ops
+            .session_duration
+            .observe(ops::DURATION_S_BOUNDS, secs);
+        ops::log_session_end(&a, &self.cfg.realm, now, end);
         info!(
             event = "allocation_deleted",
             reason,
@@ -1447,6 +1482,98 @@ impl Engine {
         if let Some(&idx) = self.by_tuple.get(&tuple) {
             self.delete_allocation(now, idx, "connection closed");
         }
+    }
+
+    /// Start or stop draining: new Allocates are refused (300 Try Alternate or 508), existing
+    /// allocations are refreshed and relayed as before.
+    pub fn set_draining(&mut self, on: bool) {
+        self.draining = on;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// RFC 8489 §10 (ALTERNATE-SERVER mechanism), RFC 8656 §7.2: while draining, an
+    /// authenticated Allocate is redirected with 300 Try Alternate and an ALTERNATE-SERVER of
+    /// the client's address family (RFC 8489 §14.15), signed like any answer to an
+    /// authenticated request; without one, 508 Insufficient Capacity.
+    fn refuse_draining(&mut self, now: Instant, req: &Req, auth: &Authenticated) {
+        let family = req.tuple.client.is_ipv4();
+        let n = self
+            .cfg
+            .alternate_servers
+            .iter()
+            .filter(|a| a.is_ipv4() == family)
+            .count();
+        if n == 0 {
+            self.stats.ops.refusal(ops::Refusal::DrainRefused);
+            return self.error(now, req, Some(auth), 508, "draining", true);
+        }
+        // Spread redirected clients over the alternates, as coturn's round robin does.
+        let pick = (self.next_rand() % n as u64) as usize;
+        let Some(alt) = self
+            .cfg
+            .alternate_servers
+            .iter()
+            .filter(|a| a.is_ipv4() == family)
+            .nth(pick)
+            .copied()
+        else {
+            return;
+        };
+        self.stats.ops.refusal(ops::Refusal::DrainRedirect);
+        self.respond(
+            now,
+            req,
+            Class::Error,
+            Some((&auth.key, auth.kind)),
+            true,
+            |w| {
+                w.error_code(300, stun::reason(300))
+                    .addr(attr::ALTERNATE_SERVER, alt);
+            },
+        );
+    }
+
+    /// The sessions (allocations) of this shard, for the admin API.
+    pub fn sessions(&self, now: Instant) -> Vec<ops::SessionInfo> {
+        self.allocations()
+            .map(|a| ops::SessionInfo::of(a, now))
+            .collect()
+    }
+
+    /// Allocation, permission and channel gauges by transport (scans every allocation).
+    pub fn gauges(&self, now: Instant) -> ops::Gauges {
+        ops::Gauges::of(self.allocations(), now)
+    }
+
+    /// Delete the allocation with session id `id` (admin API), as if it had expired: its relay
+    /// sockets close and a later Refresh on its 5-tuple gets 437. Returns whether it was here.
+    pub fn kill_session(&mut self, now: Instant, id: u64) -> bool {
+        let idx = self
+            .allocs
+            .iter()
+            .position(|a| a.as_ref().is_some_and(|a| a.session_id == id));
+        match idx {
+            Some(i) => {
+                self.delete_allocation(now, i as u32, "killed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delete every allocation of `user` (a revoked user); returns how many.
+    pub fn kill_user(&mut self, now: Instant, user: &str) -> usize {
+        let mut n = 0;
+        for i in 0..self.allocs.len() {
+            if self.allocs[i].as_ref().is_some_and(|a| a.username == user) {
+                self.delete_allocation(now, i as u32, "killed");
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Delete every allocation (shutdown): frees ports and quotas, queues Close commands.

@@ -3557,3 +3557,6 @@ fn tcp_connection_attempt_bind_and_expiry() {
     })
     .assert_err(method::CONNECTION_BIND, 400);
 }
+
+/// Drain, kill, session records and operations counters.
+mod ops_tests;

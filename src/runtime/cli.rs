@@ -192,6 +192,52 @@ pub struct Cli {
     /// "Logs") [default: text].
     #[arg(long, value_name = "FORMAT", global = true)]
     pub log_format: Option<String>,
+    // --- operations: metrics, admin API, drain (README "Metrics, health, admin API and drain")
+    /// Serve Prometheus /metrics, /live and /ready (coturn: --prometheus).
+    #[arg(long, global = true)]
+    pub prometheus: bool,
+
+    /// Port of the metrics listener [default: 9641] (coturn: --prometheus-port).
+    #[arg(long, value_name = "PORT", global = true)]
+    pub prometheus_port: Option<u64>,
+
+    /// Address of the metrics listener [default: 127.0.0.1] (coturn: --prometheus-address).
+    #[arg(long, value_name = "IP", global = true)]
+    pub prometheus_address: Option<String>,
+
+    /// Per-user series in /metrics (one per user: high cardinality) (coturn:
+    /// --prometheus-username-labels).
+    #[arg(long, global = true)]
+    pub prometheus_username_labels: bool,
+
+    /// Admin HTTP/JSON API address, e.g. 127.0.0.1:9642 [default: off].
+    #[arg(long, value_name = "IP:PORT", global = true)]
+    pub admin_listen: Option<String>,
+
+    /// Allow a non-loopback admin-listen address.
+    #[arg(long, global = true)]
+    pub admin_allow_remote: bool,
+
+    /// Bearer token of the admin API (prefer --admin-token-file: argv is visible to all users).
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub admin_token: Option<String>,
+
+    /// File holding the admin API bearer token (first line).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Where new Allocates are redirected (300 Try Alternate) while draining; repeatable
+    /// (coturn: --alternate-server).
+    #[arg(long, value_name = "IP[:PORT]", global = true)]
+    pub alternate_server: Vec<String>,
+
+    /// Seconds a drain waits for allocations to end before exiting [default: 3600].
+    #[arg(long, value_name = "SECONDS", global = true)]
+    pub drain_timeout: Option<u64>,
+
+    /// Serve the connectivity test page on the admin listener (/test).
+    #[arg(long, global = true)]
+    pub test_page: bool,
 }
 
 #[derive(Subcommand, Clone, Debug, PartialEq, Eq)]

@@ -115,6 +115,21 @@ struct FileConfig {
     alt_listening_port: Option<i64>,
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
+    // --- operations (metrics, admin API, drain; see `resolve_ops`)
+    prometheus: Option<bool>,
+    prometheus_port: Option<i64>,
+    prometheus_address: Option<String>,
+    prometheus_username_labels: Option<bool>,
+    admin_listen: Option<String>,
+    admin_allow_remote: Option<bool>,
+    admin_token: Option<String>,
+    admin_token_file: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    alternate_server: Option<Vec<String>>,
+    drain_timeout: Option<i64>,
+    test_page: Option<bool>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    test_page_urls: Option<Vec<String>>,
 }
 
 /// `key = "x"` or `key = ["x", "y"]`.
@@ -259,6 +274,8 @@ pub struct Config {
     pub udp_send_buffer: usize,
     /// `no-udp`: no UDP listeners (`listen` is empty).
     pub no_udp: bool,
+    /// Metrics / admin listeners, drain timeout, test page.
+    pub ops: super::admin::OpsConfig,
     /// `no-tls` (for the summary: why TLS is off).
     no_tls: bool,
     /// Peer rules as text, for [`Config::summary`] (the filter itself is opaque).
@@ -445,6 +462,28 @@ impl Config {
             s,
             "  UDP buffers:       recv {} B, send {} B",
             self.udp_recv_buffer, self.udp_send_buffer
+        );
+        let o = &self.ops;
+        let off = || "off".to_owned();
+        let _ = write!(
+            s,
+            "\n  metrics:           {}\n  admin API:         {}{}\n  drain:             \
+             timeout {}, alternate {}",
+            o.prometheus.map_or_else(off, |a| a.to_string()),
+            o.admin
+                .as_ref()
+                .map_or_else(off, |a| format!("{} (token hidden)", a.listen)),
+            if o.test_page { ", test page /test" } else { "" },
+            secs(o.drain_timeout),
+            if e.alternate_servers.is_empty() {
+                "none (508)".to_owned()
+            } else {
+                e.alternate_servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         );
         s
     }
@@ -1447,6 +1486,26 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         buffer_range,
     )?;
 
+    let (ops, alternate_servers) = resolve_ops(
+        cli,
+        ctx,
+        OpsFile {
+            prometheus: fc.prometheus,
+            prometheus_port: fc.prometheus_port,
+            prometheus_address: fc.prometheus_address,
+            prometheus_username_labels: fc.prometheus_username_labels,
+            admin_listen: fc.admin_listen,
+            admin_allow_remote: fc.admin_allow_remote,
+            admin_token: fc.admin_token,
+            admin_token_file: fc.admin_token_file,
+            alternate_server: fc.alternate_server,
+            drain_timeout: fc.drain_timeout,
+            test_page: fc.test_page,
+            test_page_urls: fc.test_page_urls,
+        },
+        !auth_secrets.is_empty(),
+    )?;
+
     let defaults = EngineConfig::default();
     let engine = EngineConfig {
         realm: realm.map_or(defaults.realm, |(r, _)| r),
@@ -1468,6 +1527,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         legacy_channel_numbers: cli.legacy_channel_numbers
             || fc.legacy_channel_numbers.unwrap_or(false),
         rfc5780,
+        alternate_servers,
     };
 
     Ok(Config {
@@ -1484,9 +1544,180 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         udp_recv_buffer: udp_recv_buffer as usize,
         udp_send_buffer: udp_send_buffer as usize,
         no_udp,
+        ops,
         no_tls,
         peer_rules,
     })
+}
+
+/// The operations keys of the file, moved out of [`FileConfig`] for [`resolve_ops`].
+struct OpsFile {
+    prometheus: Option<bool>,
+    prometheus_port: Option<i64>,
+    prometheus_address: Option<String>,
+    prometheus_username_labels: Option<bool>,
+    admin_listen: Option<String>,
+    admin_allow_remote: Option<bool>,
+    admin_token: Option<String>,
+    admin_token_file: Option<String>,
+    alternate_server: Option<Vec<String>>,
+    drain_timeout: Option<i64>,
+    test_page: Option<bool>,
+    test_page_urls: Option<Vec<String>>,
+}
+
+/// Default port of the metrics listener, as coturn.
+pub const DEFAULT_PROMETHEUS_PORT: u16 = 9641;
+/// Default drain timeout, seconds.
+pub const DEFAULT_DRAIN_TIMEOUT: u64 = 3600;
+
+/// Metrics and admin listeners, drain, test page; and `alternate-server` (for the engine).
+/// Secure defaults: everything off; metrics on loopback; the admin API only on loopback
+/// unless `admin-allow-remote`, and never without a token.
+fn resolve_ops(
+    cli: &Cli,
+    ctx: &Ctx,
+    f: OpsFile,
+    rest_secret: bool,
+) -> Result<(super::admin::OpsConfig, Vec<SocketAddr>), ConfigError> {
+    use super::admin::{AdminConfig, OpsConfig};
+    let (prometheus, _) = flag(cli.prometheus, f.prometheus);
+    let (prom_port, _) = port(
+        ctx,
+        "prometheus-port",
+        pick_num(cli.prometheus_port, f.prometheus_port),
+        DEFAULT_PROMETHEUS_PORT,
+    )?;
+    let prom_ip = match pick(cli.prometheus_address.clone(), f.prometheus_address) {
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some((s, src)) => parse_ip(ctx, src, "prometheus-address", &s)?,
+    };
+    let (username_labels, _) = flag(cli.prometheus_username_labels, f.prometheus_username_labels);
+    let (allow_remote, _) = flag(cli.admin_allow_remote, f.admin_allow_remote);
+    let admin_listen = match pick(cli.admin_listen.clone(), f.admin_listen) {
+        None => None,
+        Some((s, src)) => {
+            let a: SocketAddr = s.trim().parse().map_err(|_| {
+                ctx.err(
+                    src,
+                    "admin-listen",
+                    format!("{s:?} is not an IP:PORT address (e.g. \"127.0.0.1:9642\")"),
+                )
+            })?;
+            if !a.ip().is_loopback() && !allow_remote {
+                return Err(ctx.err(
+                    src,
+                    "admin-listen",
+                    format!(
+                        "{a} is not a loopback address; the admin API can kill sessions, so \
+                         set admin-allow-remote = true to expose it on purpose"
+                    ),
+                ));
+            }
+            Some((a, src))
+        }
+    };
+    let token = match (
+        pick(cli.admin_token.clone(), f.admin_token),
+        pick(
+            cli.admin_token_file.clone(),
+            f.admin_token_file.map(PathBuf::from),
+        ),
+    ) {
+        (Some(_), Some((_, src))) => {
+            return Err(ctx.err(
+                src,
+                "admin-token-file",
+                "set either admin-token or admin-token-file, not both",
+            ))
+        }
+        (Some((t, src)), None) => Some((t.trim().to_owned(), src, "admin-token")),
+        (None, Some((p, src))) => {
+            let text = fs::read_to_string(&p).map_err(|e| {
+                ctx.err(
+                    src,
+                    "admin-token-file",
+                    format!("cannot read {}: {}", p.display(), io_message(&e)),
+                )
+            })?;
+            let t = text.lines().next().unwrap_or("").trim().to_owned();
+            Some((t, src, "admin-token-file"))
+        }
+        (None, None) => None,
+    };
+    let admin = match (admin_listen, token) {
+        (None, _) => None,
+        (Some((_, src)), None) => {
+            return Err(ctx.err(
+                src,
+                "admin-listen",
+                "needs admin-token or admin-token-file (the API is never open without one)",
+            ))
+        }
+        (Some(_), Some((t, src, key))) if t.len() < 16 => {
+            return Err(ctx.err(src, key, "the token must be at least 16 characters"))
+        }
+        (Some((listen, _)), Some((token, _, _))) => Some(AdminConfig { listen, token }),
+    };
+    let mut alternates = Vec::new();
+    let (list, src) = pick_list(&cli.alternate_server, f.alternate_server);
+    for s in &list {
+        let t = s.trim();
+        // coturn's form: IP or IP:PORT, port 3478 by default.
+        let a = t
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| {
+                t.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, DEFAULT_LISTENING_PORT))
+            })
+            .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+            .ok_or_else(|| {
+                ctx.err(
+                    src,
+                    "alternate-server",
+                    format!("{s:?} is not an IP or IP:PORT address"),
+                )
+            })?;
+        alternates.push(a);
+    }
+    let (drain_timeout, _) = int(
+        ctx,
+        "drain-timeout",
+        pick_num(cli.drain_timeout, f.drain_timeout),
+        DEFAULT_DRAIN_TIMEOUT,
+        (1, 7 * 86_400),
+    )?;
+    let (test_page, test_src) = flag(cli.test_page, f.test_page);
+    if test_page {
+        if admin.is_none() {
+            return Err(ctx.err(
+                test_src,
+                "test-page",
+                "is served on the admin listener: set admin-listen and admin-token",
+            ));
+        }
+        if !rest_secret {
+            return Err(ctx.err(
+                test_src,
+                "test-page",
+                "mints TURN REST credentials: set use-auth-secret and static-auth-secret",
+            ));
+        }
+    }
+    let test_page_urls = f.test_page_urls.unwrap_or_default();
+    Ok((
+        OpsConfig {
+            prometheus: prometheus.then_some(SocketAddr::new(prom_ip, prom_port)),
+            admin,
+            drain_timeout: Duration::from_secs(drain_timeout),
+            test_page,
+            test_page_urls,
+            username_labels,
+        },
+        alternates,
+    ))
 }
 
 #[cfg(test)]
@@ -2258,5 +2489,123 @@ mod tests {
         assert_eq!(closest("min_port", &known), Some("min-port"));
         assert_eq!(closest("relm", &known), Some("realm"));
         assert_eq!(closest("fingerprint", &known), None);
+    }
+
+    #[test]
+    fn operations_keys() {
+        // Off by default; metrics on loopback:9641 when switched on.
+        let c = ok(MIN, &[]);
+        assert!(c.ops.prometheus.is_none() && c.ops.admin.is_none() && !c.ops.test_page);
+        assert_eq!(c.ops.drain_timeout, Duration::from_secs(3600));
+        assert!(c.engine.alternate_servers.is_empty());
+        let c = ok(&format!("{MIN}prometheus = true\n"), &[]);
+        assert_eq!(c.ops.prometheus, Some("127.0.0.1:9641".parse().unwrap()));
+        let c = ok(
+            MIN,
+            &[
+                "--prometheus",
+                "--prometheus-port",
+                "9000",
+                "--prometheus-address",
+                "::1",
+            ],
+        );
+        assert_eq!(c.ops.prometheus, Some("[::1]:9000".parse().unwrap()));
+
+        let tok = "admin-token = \"0123456789abcdef\"\n";
+        let c = ok(
+            &format!("{MIN}admin-listen = \"127.0.0.1:9642\"\n{tok}"),
+            &[],
+        );
+        let a = c.ops.admin.as_ref().unwrap();
+        assert_eq!(a.listen, "127.0.0.1:9642".parse().unwrap());
+        assert_eq!(a.token, "0123456789abcdef");
+        assert!(
+            !format!("{:?}", c.ops).contains("0123456789abcdef"),
+            "token hidden"
+        );
+        let sum = c.summary();
+        assert!(!sum.contains("0123456789abcdef"), "{sum}");
+        assert!(
+            sum.contains("admin API:         127.0.0.1:9642 (token hidden)"),
+            "{sum}"
+        );
+        assert!(sum.contains("metrics:           off"), "{sum}");
+        assert!(
+            err(&format!("{MIN}admin-listen = \"0.0.0.0:9642\"\n{tok}"), &[])
+                .contains("key 'admin-listen': 0.0.0.0:9642 is not a loopback address"),
+        );
+        ok(
+            &format!("{MIN}admin-listen = \"0.0.0.0:9642\"\nadmin-allow-remote = true\n{tok}"),
+            &[],
+        );
+        assert!(
+            err(&format!("{MIN}admin-listen = \"127.0.0.1:9642\"\n"), &[])
+                .contains("needs admin-token or admin-token-file")
+        );
+        assert!(err(
+            &format!("{MIN}admin-listen = \"127.0.0.1:9642\"\nadmin-token = \"short\"\n"),
+            &[]
+        )
+        .contains("key 'admin-token': the token must be at least 16 characters"));
+        assert!(
+            err(&format!("{MIN}admin-listen = \"localhost:1\"\n{tok}"), &[])
+                .contains("is not an IP:PORT address")
+        );
+        let dir = std::env::temp_dir().join(format!("ferroturn-token-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        fs::write(&f, "abcdefghijklmnopqrstuvwxyz\nignored\n").unwrap();
+        let c = ok(
+            &format!(
+                "{MIN}admin-listen = \"[::1]:9642\"\nadmin-token-file = \"{}\"\n",
+                f.display()
+            ),
+            &[],
+        );
+        assert_eq!(c.ops.admin.unwrap().token, "abcdefghijklmnopqrstuvwxyz");
+        assert!(err(
+            &format!(
+                "{MIN}admin-listen = \"[::1]:9642\"\nadmin-token-file = \"{}/nope\"\n",
+                dir.display()
+            ),
+            &[]
+        )
+        .contains("key 'admin-token-file': cannot read"));
+        let _ = fs::remove_dir_all(&dir);
+
+        let c = ok(
+            &format!("{MIN}alternate-server = [\"192.0.2.1\", \"[2001:db8::1]:5000\"]\n"),
+            &[],
+        );
+        assert_eq!(
+            c.engine.alternate_servers,
+            [
+                "192.0.2.1:3478".parse().unwrap(),
+                "[2001:db8::1]:5000".parse::<SocketAddr>().unwrap()
+            ]
+        );
+        assert!(err(&format!("{MIN}alternate-server = \"nope\"\n"), &[])
+            .contains("key 'alternate-server': \"nope\" is not an IP or IP:PORT address"));
+        assert!(err(&format!("{MIN}drain-timeout = 0\n"), &[]).contains("key 'drain-timeout'"));
+        assert_eq!(
+            ok(MIN, &["--drain-timeout", "5"]).ops.drain_timeout,
+            Duration::from_secs(5)
+        );
+
+        assert!(err(&format!("{MIN}test-page = true\n"), &[])
+            .contains("key 'test-page': is served on the admin listener"));
+        assert!(err(
+            &format!("{MIN}test-page = true\nadmin-listen = \"127.0.0.1:1\"\n{tok}"),
+            &[]
+        )
+        .contains("set use-auth-secret and static-auth-secret"));
+        ok(
+            &format!(
+                "{MIN}test-page = true\nadmin-listen = \"127.0.0.1:1\"\n{tok}use-auth-secret = true\n\
+                 static-auth-secret = \"s\"\n"
+            ),
+            &[],
+        );
     }
 }

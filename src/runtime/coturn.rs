@@ -246,11 +246,24 @@ const OPTIONS: &[(&str, Map)] = &[
         "proc-group",
         No("not supported: run under systemd's Group= (see the shipped unit)"),
     ),
-    ("prometheus", NotYet),
-    ("prometheus-port", NotYet),
-    ("prometheus-username-labels", NotYet),
-    ("alternate-server", NotYet),
-    ("tls-alternate-server", NotYet),
+    ("prometheus", Flag("prometheus")),
+    ("prometheus-port", Int("prometheus-port")),
+    ("prometheus-address", Str("prometheus-address")),
+    (
+        "prometheus-username-labels",
+        Flag("prometheus-username-labels"),
+    ),
+    (
+        "alternate-server",
+        No(
+            "not converted: coturn redirects every Allocate there (load balancing), ferroturn \
+            only while draining; set alternate-server in the TOML if that is what you want",
+        ),
+    ),
+    (
+        "tls-alternate-server",
+        No("not supported: alternate-server covers every transport"),
+    ),
     ("no-cli", Builtin("ferroturn has no telnet CLI")),
     (
         "cli-ip",
@@ -524,7 +537,9 @@ mod tests {
              no-tcp\n\
              verbose\n\
              stale-nonce\n\
-             lt-cred-mech\n",
+             lt-cred-mech\n\
+             prometheus\n\
+             prometheus-port=9642\n",
         )
         .unwrap();
         let v: toml::Table = toml::from_str(&c.toml).unwrap();
@@ -543,19 +558,21 @@ mod tests {
         assert_eq!(v["log-level"].as_str(), Some("debug"));
         assert_eq!(v["stale-nonce"].as_integer(), Some(600));
         assert!(c.toml.contains("# line 11: lt-cred-mech"));
+        assert_eq!(v["prometheus"].as_bool(), Some(true));
+        assert_eq!(v["prometheus-port"].as_integer(), Some(9642));
         assert!(c.ignored.is_empty(), "{:?}", c.ignored);
     }
 
     #[test]
     fn reports_ignored_lines_with_numbers_and_reasons() {
-        let c = convert("realm=a\nno-auth\nprometheus\nfoo-bar=1\nrealm=b\n").unwrap();
+        let c = convert("realm=a\nno-auth\nmax-bps=1\nfoo-bar=1\nrealm=b\n").unwrap();
         let lines: Vec<String> = c.ignored.iter().map(ToString::to_string).collect();
         assert_eq!(
             lines,
             [
                 "line 1: 'realm' ignored: overridden by line 5",
                 "line 2: 'no-auth' ignored: insecure and refused: ferroturn always authenticates TURN requests",
-                "line 3: 'prometheus' ignored: not supported yet",
+                "line 3: 'max-bps' ignored: not supported yet",
                 "line 4: 'foo-bar' ignored: unknown coturn option",
             ]
         );

@@ -1,10 +1,13 @@
 //! The I/O layer: sockets, shard threads, config, CLI, signals. It drives the sans-IO
 //! [`crate::engine`]; the relay loop itself is [`shard`].
+pub mod admin;
 pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod coturn;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod shard;

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use super::batch::{self, Batch, Out, BATCH};
 use crate::codec::framing::{self, MAX_FRAME};
+use crate::engine::ops::{self, Gauges, Histogram, SessionInfo};
 use crate::engine::{
     ClientAction, Engine, EngineConfig, FiveTuple, RelayCommand, Stats, Transport, PEER_HEADROOM,
 };
@@ -52,6 +53,14 @@ const MAX_STREAM_WBUF: usize = 256 * 1024;
 pub enum Control {
     Reload(Arc<EngineConfig>),
     Shutdown,
+    /// Start (true) or stop draining: new Allocates get 300 / 508.
+    Drain(bool),
+    /// Admin API: this shard's sessions.
+    Sessions(tokio::sync::oneshot::Sender<Vec<SessionInfo>>),
+    /// Admin API: delete the session with this id, if it is here.
+    Kill(u64, tokio::sync::oneshot::Sender<bool>),
+    /// Admin API: delete every session of this user; replies how many.
+    KillUser(String, tokio::sync::oneshot::Sender<usize>),
 }
 
 /// What a shard publishes for metrics and the control thread.
@@ -63,6 +72,10 @@ pub struct ShardStats {
     pub send_errors: u64,
     pub recv_errors: u64,
     pub stream_drops: u64,
+    /// Allocations, permissions and channels by client transport.
+    pub gauges: Gauges,
+    /// Datagrams per recvmmsg call (listeners and relay sockets), bounds [`ops::BATCH_BOUNDS`].
+    pub batch_sizes: Histogram,
 }
 
 pub struct ShardHandle {
@@ -149,6 +162,7 @@ struct Shard {
     send_errors: u64,
     recv_errors: u64,
     stream_drops: u64,
+    batch_sizes: Histogram,
     opts: SocketOptions,
     /// Stream reads land here first.
     buf: Vec<u8>,
@@ -201,6 +215,7 @@ pub fn spawn(
         send_errors: 0,
         recv_errors: 0,
         stream_drops: 0,
+        batch_sizes: Histogram::default(),
         opts,
         buf: vec![0u8; MAX_FRAME],
         batch: Batch::new(),
@@ -285,11 +300,33 @@ impl Shard {
 
     fn drain_control(&mut self) {
         while let Ok(c) = self.ctl.try_recv() {
+            let now = Instant::now();
             match c {
                 Control::Reload(cfg) => self.engine.set_config(cfg),
                 Control::Shutdown => self.shutdown = true,
+                Control::Drain(on) => self.engine.set_draining(on),
+                Control::Sessions(reply) => {
+                    let _ = reply.send(self.engine.sessions(now));
+                }
+                Control::Kill(id, reply) => {
+                    let found = self.engine.kill_session(now, id);
+                    self.kill_streams(now);
+                    let _ = reply.send(found);
+                }
+                Control::KillUser(user, reply) => {
+                    let n = self.engine.kill_user(now, &user);
+                    self.kill_streams(now);
+                    let _ = reply.send(n);
+                }
             }
         }
+    }
+
+    /// After an admin kill: close the relay sockets of the deleted allocations now. A TCP/TLS
+    /// client connection stays open, so that client learns it from 437 on its next Refresh,
+    /// like a UDP one.
+    fn kill_streams(&mut self, now: Instant) {
+        self.flush(now);
     }
 
     fn publish(&mut self) {
@@ -300,6 +337,8 @@ impl Shard {
         s.send_errors = self.send_errors;
         s.recv_errors = self.recv_errors;
         s.stream_drops = self.stream_drops;
+        s.gauges = self.engine.gauges(Instant::now());
+        s.batch_sizes = self.batch_sizes;
     }
 
     fn read_listener(&mut self, li: usize, now: Instant) {
@@ -330,6 +369,7 @@ impl Shard {
                     return;
                 }
             };
+            self.batch_sizes.observe(ops::BATCH_BOUNDS, n as u64);
             let mut k = 0;
             for i in 0..n {
                 let tuple = FiveTuple {
@@ -727,6 +767,7 @@ impl Shard {
                     return;
                 }
             };
+            self.batch_sizes.observe(ops::BATCH_BOUNDS, n as u64);
             let mut k = 0;
             for i in 0..n {
                 let (peer, len) = (self.batch.from[i], self.batch.len[i]);
@@ -798,7 +839,8 @@ impl Shard {
                         dont_fragment,
                     } => {
                         let r = self.bind_relay(relay, addr, dont_fragment);
-                        self.engine.on_relay_bound(now, relay, r);
+                        // The clock after the bind: the setup-time histogram includes it.
+                        self.engine.on_relay_bound(Instant::now(), relay, r);
                     }
                     RelayCommand::Close { relay } => {
                         if let Some(slot) = self.relays.get_mut(relay as usize) {
@@ -815,7 +857,7 @@ impl Shard {
                     }
                     RelayCommand::BindTcp { relay, addr } => {
                         let r = self.bind_tcp_relay(relay, addr);
-                        self.engine.on_relay_bound(now, relay, r);
+                        self.engine.on_relay_bound(Instant::now(), relay, r);
                     }
                     RelayCommand::Connect {
                         relay,
