@@ -102,14 +102,15 @@ fn sighup_reload_while_relaying_loses_nothing() {
     alice.allocate().expect("alice allocates");
     alice.channel_bind(CHANNEL, peer).expect("channel bind");
 
-    // Paced traffic: one packet per 1.5 ms (3 s), every echo counted by sequence number.
+    // Paced traffic: one packet per 3 ms (6 s, so that both reloads happen
+    // mid-stream even on a loaded machine), every echo counted by sequence number.
     let tx = alice.sock.try_clone().unwrap();
     let rx = alice.sock.try_clone().unwrap();
     let server = srv.addr;
     let sender = std::thread::spawn(move || {
         let start = Instant::now();
         for seq in 0..PACKETS {
-            let due = start + Duration::from_micros(1500 * u64::from(seq));
+            let due = start + Duration::from_micros(3000 * u64::from(seq));
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
