@@ -140,6 +140,8 @@ pub fn probe(opts: &ProbeOptions) -> Result<ProbeResult, ProbeError> {
         let mut s = TcpStream::connect_timeout(&opts.server, total)
             .map_err(|e| io(&format!("connect to {}", opts.server), e))?;
         let local = s.local_addr().map_err(|e| io("local address", e))?;
+        // RTT of the transaction, not of the TCP handshake.
+        let sent = Instant::now();
         s.write_all(&req).map_err(|e| io("send", e))?;
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
@@ -169,7 +171,7 @@ pub fn probe(opts: &ProbeOptions) -> Result<ProbeResult, ProbeError> {
             if buf.len() >= 20 {
                 let len = 20 + usize::from(u16::from_be_bytes([buf[2], buf[3]]));
                 if buf.len() >= len {
-                    let rtt = start.elapsed();
+                    let rtt = sent.elapsed();
                     return interpret(&buf[..len], &tid, opts, local, opts.server, rtt, 1);
                 }
             }
