@@ -52,6 +52,9 @@ pub struct EngineConfig {
     pub legacy_channel_numbers: bool,
     /// Abuse limits: per-IP quotas, rates, back-off, bandwidth (README "Abuse resistance").
     pub limits: super::limits::Limits,
+    /// RFC 5780 NAT behaviour discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST) on
+    /// these addresses; None = off (the default, as coturn), CHANGE-REQUEST gets 420.
+    pub rfc5780: Option<super::nat_discovery::Rfc5780>,
     /// `alternate-server`: where Allocates are redirected (300 Try Alternate, RFC 8489 §10)
     /// while draining. Empty = 508 while draining.
     pub alternate_servers: Vec<SocketAddr>,
@@ -89,6 +92,7 @@ impl Default for EngineConfig {
             total_quota: 0,
             legacy_channel_numbers: false,
             limits: super::limits::Limits::default(),
+            rfc5780: None,
             alternate_servers: Vec::new(),
         }
     }

@@ -251,10 +251,6 @@ pub struct RateLimiter {
     challenges: RateTable<Gcra>,
     fail_src: RateTable<Failures>,
     fail_user: RateTable<Failures>,
-    /// The user each source last authenticated as: a user in back-off is still served from
-    /// a source that has proven it knows the password (else anyone could lock a user out
-    /// by failing on purpose).
-    good_src: RateTable<SourceKey>,
     user_hasher: RandomState,
     /// Refusal log lines: at most [`LOG_PER_SEC`] a second, the rest counted.
     log_window: u64,
@@ -279,7 +275,6 @@ impl RateLimiter {
             challenges: RateTable::new(slots),
             fail_src: RateTable::new(slots),
             fail_user: RateTable::new(slots),
-            good_src: RateTable::new(slots),
             user_hasher: RandomState::new(),
             log_window: 0,
             log_count: 0,
@@ -312,19 +307,24 @@ impl RateLimiter {
         (u128::from(self.user_hasher.hash_one(user)) << 2) | 2
     }
 
-    /// Is an authentication attempt from `ip` as `user` in back-off?
+    /// Is an authentication attempt from `ip` as `user` in back-off? The source's own
+    /// back-off applies to everything it sends; the user's back-off only to sources that have
+    /// failed themselves (recently, and not succeeded since). So a guesser spread over many
+    /// addresses gets one guess per address while the user is in back-off, and the user's own
+    /// clients, which do not fail, cannot be locked out by it.
     pub fn auth_blocked(&mut self, ip: IpAddr, user: Option<&[u8]>, now: u64) -> bool {
-        let blocked = |f: Option<&mut Failures>| f.is_some_and(|f| f.blocked_until > now);
-        if blocked(self.fail_src.get(source_key(ip))) {
+        let src = self.fail_src.get(source_key(ip)).copied();
+        if src.is_some_and(|f| f.blocked_until > now) {
             return true;
         }
+        let failed_here =
+            src.is_some_and(|f| f.count > 0 && now.saturating_sub(f.last) <= FAILURE_MEMORY);
         match user {
-            Some(u) => {
+            Some(u) if failed_here => {
                 let k = self.user_key(u);
-                let proven = self.good_src.get(source_key(ip)).is_some_and(|g| *g == k);
-                !proven && blocked(self.fail_user.get(k))
+                self.fail_user.get(k).is_some_and(|f| f.blocked_until > now)
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -358,14 +358,12 @@ impl RateLimiter {
         }
     }
 
-    /// A successful authentication clears the source's record and marks the source as
-    /// proven for the user. The user's record stays: other sources may still be guessing.
-    pub fn auth_succeeded(&mut self, ip: IpAddr, user: &[u8], now: u64) {
+    /// A successful authentication clears the source's record. The user's record stays:
+    /// other sources may still be guessing.
+    pub fn auth_succeeded(&mut self, ip: IpAddr) {
         if let Some(f) = self.fail_src.get(source_key(ip)) {
             *f = Failures::default();
         }
-        let k = self.user_key(user);
-        *self.good_src.entry(source_key(ip), now) = k;
     }
 
     /// May a refusal be logged now? At most [`LOG_PER_SEC`] lines a second; the rest are
@@ -386,11 +384,7 @@ impl RateLimiter {
 
     /// Entries held, all tables (tests: bounded under a spoofed-source flood).
     pub fn entries(&self) -> usize {
-        self.requests.len()
-            + self.challenges.len()
-            + self.fail_src.len()
-            + self.fail_user.len()
-            + self.good_src.len()
+        self.requests.len() + self.challenges.len() + self.fail_src.len() + self.fail_user.len()
     }
 
     pub fn capacity(&self) -> usize {
@@ -398,7 +392,6 @@ impl RateLimiter {
             + self.challenges.capacity()
             + self.fail_src.capacity()
             + self.fail_user.capacity()
-            + self.good_src.capacity()
     }
 }
 
@@ -477,16 +470,18 @@ mod tests {
             waits.push((t - start) / (SEC / 10));
         }
         assert_eq!(waits, [10, 20, 40, 40]);
-        // The user is blocked from any source that has not proven itself for that user.
+        // The user's back-off applies to other sources once they have failed themselves; a
+        // source that never failed is not locked out by someone else's failures.
         r.auth_failed(&l, ip, Some(b"u"), t);
         let other: IpAddr = Ipv4Addr::new(198, 51, 100, 1).into();
-        let proven: IpAddr = Ipv4Addr::new(198, 51, 100, 2).into();
-        r.auth_succeeded(proven, b"u", t);
-        assert!(r.auth_blocked(other, Some(b"u"), t));
-        assert!(!r.auth_blocked(other, Some(b"v"), t));
-        assert!(!r.auth_blocked(proven, Some(b"u"), t));
+        let clean: IpAddr = Ipv4Addr::new(198, 51, 100, 2).into();
+        assert!(!r.auth_blocked(clean, Some(b"u"), t));
+        assert!(!r.auth_blocked(other, Some(b"u"), t), "first guess");
+        r.auth_failed(&l, other, Some(b"u"), t);
+        assert!(r.auth_blocked(other, Some(b"u"), t), "second guess");
+        assert!(!r.auth_blocked(other, Some(b"v"), t), "another user");
         // Success clears the source's own record.
-        r.auth_succeeded(ip, b"u", t);
+        r.auth_succeeded(ip);
         assert!(!r.auth_blocked(ip, Some(b"u"), t));
     }
 }

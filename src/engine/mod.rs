@@ -13,6 +13,7 @@ pub mod allocation;
 pub mod auth;
 pub mod config;
 pub mod limits;
+pub mod nat_discovery;
 pub mod ops;
 pub mod peer_filter;
 pub mod shared;
@@ -642,7 +643,12 @@ impl Engine {
             return;
         }
         let mut unknown = [0u16; 8];
-        let n = msg.unknown_required(&mut unknown);
+        let mut n = msg.unknown_required(&mut unknown);
+        if n > 0 && msg.method == method::BINDING && self.rfc5780_on(&tuple) {
+            // RFC 5780 §7.2 CHANGE-REQUEST is understood here; elsewhere it is an unknown
+            // comprehension-required attribute: 420 (RFC 8489 §6.3.1).
+            n = nat_discovery::strip_change_request(&mut unknown, n);
+        }
         if n > 0 {
             // RFC 8489 §6.3: the unknown-attribute check comes after the authentication checks,
             // so a TURN request is challenged first and its 420 is signed (§9.2.4).
@@ -673,7 +679,7 @@ impl Engine {
             return;
         }
         match msg.method {
-            method::BINDING => self.binding(&req, msg.wire_len()),
+            method::BINDING => self.binding(now, &req, msg),
             method::ALLOCATE => self.allocate(now, &req, msg),
             method::REFRESH => self.refresh(now, &req, msg),
             method::CREATE_PERMISSION => self.create_permission(now, &req, msg),
@@ -791,9 +797,7 @@ impl Engine {
             .authenticate(msg, req.tuple.client, self.unix(now))
         {
             Ok(a) => {
-                if let Some(u) = user {
-                    self.limiter.auth_succeeded(ip, u, t);
-                }
+                self.limiter.auth_succeeded(ip);
                 Some(a)
             }
             Err(AuthError::Challenge) => {
@@ -832,29 +836,61 @@ impl Engine {
     }
 
     /// RFC 8489 §7.3.1: answer with the reflexive transport address.
-    fn binding(&mut self, req: &Req, req_len: usize) {
+    fn binding(&mut self, now: Instant, req: &Req, msg: &Message) {
         let mapped = req.tuple.client;
         let mut r = *req;
         // Binding responses always carry FINGERPRINT (helps clients demultiplex, RFC 8489 §7).
         r.fingerprint = true;
-        // Reflection guard: at most BINDING_MAX_GROWTH bytes more than the request, so
-        // SOFTWARE (optional, RFC 8489 §14.14) only when it fits.
-        let software = self.cfg.software.as_ref().filter(|s| {
-            let base = 20 + if mapped.is_ipv4() { 12 } else { 24 } + 8;
-            base + 4 + s.len().next_multiple_of(4) <= req_len + BINDING_MAX_GROWTH
+        let nat = match self.cfg.rfc5780.filter(|_| self.rfc5780_on(&req.tuple)) {
+            None => None,
+            Some(cfg) => {
+                let change = match msg.get(attr::CHANGE_REQUEST) {
+                    None => Some((false, false)),
+                    Some(v) => nat_discovery::change_request(v),
+                };
+                let Some((ip, port)) = change else {
+                    self.error(now, req, None, 400, "malformed CHANGE-REQUEST", false);
+                    return;
+                };
+                cfg.answer(req.tuple.server, ip, port)
+            }
+        };
+        // Reflection guard: at most BINDING_MAX_GROWTH bytes more than the request, so SOFTWARE
+        // (optional, RFC 8489 §14.14) goes in only when it fits. RFC 5780 (opt-in) adds its two
+        // addresses on top of that bound.
+        let addr_len = |a: SocketAddr| if a.is_ipv4() { 12 } else { 24 };
+        let extra = nat.map_or(0, |a| addr_len(a.source) + addr_len(a.other));
+        let base = 20 + addr_len(mapped) + extra + 8;
+        let software = self.cfg.software.as_deref().filter(|s| {
+            base + 4 + s.len().next_multiple_of(4) <= msg.wire_len() + BINDING_MAX_GROWTH + extra
         });
-        let software = software.map(|s| s.as_bytes().to_vec());
-        let mut data = Vec::with_capacity(64);
+        let mut data = Vec::with_capacity(base + 8);
         let mut w = Writer::new(&mut data, r.method, Class::Success, &r.tid);
         w.xor_addr(attr::XOR_MAPPED_ADDRESS, mapped);
-        if let Some(s) = &software {
-            w.attr(attr::SOFTWARE, s);
+        if let Some(a) = nat {
+            // RFC 5780 §7.3 RESPONSE-ORIGIN, §7.4 OTHER-ADDRESS (MAPPED-ADDRESS format).
+            w.addr(attr::RESPONSE_ORIGIN, a.source)
+                .addr(attr::OTHER_ADDRESS, a.other);
+        }
+        if let Some(s) = software {
+            w.attr(attr::SOFTWARE, s.as_bytes());
         }
         w.fingerprint();
-        self.transmits.push_back(Transmit {
-            tuple: r.tuple,
-            data,
-        });
+        let mut tuple = r.tuple;
+        if let Some(a) = nat {
+            // The runtime sends from the listener bound to `server` (RFC 5780 §7.2).
+            tuple.server = a.source;
+        }
+        self.transmits.push_back(Transmit { tuple, data });
+    }
+
+    /// RFC 5780 applies to UDP requests received on one of its four addresses.
+    fn rfc5780_on(&self, tuple: &FiveTuple) -> bool {
+        tuple.transport == Transport::Udp
+            && self
+                .cfg
+                .rfc5780
+                .is_some_and(|c| c.answer(tuple.server, false, false).is_some())
     }
 
     /// The allocation on this 5-tuple, after the checks every request on an existing allocation

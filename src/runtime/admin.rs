@@ -248,13 +248,11 @@ impl Ops {
         self.addrs.1
     }
 
-    /// After a reload: what `GET /api/v1/config` shows.
-    /// The log level shown stays the live one: a reload does not change the filter.
+    /// After a reload: what `GET /api/v1/config` shows. SIGHUP applies the file's
+    /// `log-level` to the live filter too (main.rs), so the reloaded value is the live one.
     pub fn set_config(&self, cfg: &Config) {
         let mut c = self.state.config.lock().unwrap_or_else(|e| e.into_inner());
-        let mut new = config_json(cfg);
-        new["log_level"] = c["log_level"].clone();
-        *c = new;
+        *c = config_json(cfg);
     }
 
     /// Spawn the listeners on the current tokio runtime.

@@ -29,6 +29,12 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
+    /// Run from a coturn `turnserver.conf` instead of a TOML file: the options ferroturn
+    /// supports are converted as `ferroturn convert` does, ignored lines are reported on
+    /// stderr. Not together with --config.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub coturn_config: Option<PathBuf>,
+
     /// IP address to listen on; repeatable [default: 0.0.0.0] (coturn: -L).
     #[arg(short = 'L', long, value_name = "IP", global = true)]
     pub listening_ip: Vec<String>,
@@ -174,6 +180,20 @@ pub struct Cli {
 
     #[command(flatten)]
     pub abuse: AbuseArgs,
+    /// RFC 5780 NAT behaviour discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST);
+    /// needs two listening IPs. Off by default (coturn: on with two IPs, --no-rfc5780).
+    #[arg(long, global = true)]
+    pub rfc5780: bool,
+
+    /// Alternate UDP port for --rfc5780 [default: listening-port + 1]
+    /// (coturn: --alt-listening-port).
+    #[arg(long, value_name = "PORT", global = true)]
+    pub alt_listening_port: Option<u64>,
+
+    /// Log line format: `text` or `json` (one JSON object per line; schema in the README,
+    /// "Logs") [default: text].
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<String>,
     // --- operations: metrics, admin API, drain (README "Metrics, health, admin API and drain")
     /// Serve Prometheus /metrics, /live and /ready (coturn: --prometheus).
     #[arg(long, global = true)]
@@ -230,6 +250,46 @@ pub enum Command {
     /// Mint short-lived TURN REST API credentials and print them as an `iceServers` entry.
     /// The secret comes from --secret, else from the config's first static-auth-secret.
     Credentials(CredentialsArgs),
+    /// Print the ferroturn TOML equivalent of a coturn turnserver.conf (FILE, or standard
+    /// input); every line that has no effect is reported on stderr with its number and why.
+    Convert(ConvertArgs),
+    /// Send one STUN Binding request (turnutils_stunclient-like) and print the mapped address,
+    /// RESPONSE-ORIGIN, OTHER-ADDRESS and the round-trip time. Exit 0 = answered,
+    /// 1 = timeout or error response, 2 = bad target.
+    StunProbe(StunProbeArgs),
+}
+
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct StunProbeArgs {
+    /// Server: HOST, HOST:PORT, IP or [IPv6]:PORT (port 3478 if omitted).
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// Use TCP instead of UDP.
+    #[arg(long)]
+    pub tcp: bool,
+    /// RFC 5780 CHANGE-REQUEST: ask for the response from the server's other IP.
+    #[arg(long)]
+    pub change_ip: bool,
+    /// RFC 5780 CHANGE-REQUEST: ask for the response from the server's other port.
+    #[arg(long)]
+    pub change_port: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Initial retransmission timeout in ms (RFC 8489 §6.2.1 RTO).
+    #[arg(long, value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub rto: u64,
+    /// Transmissions over UDP (RFC 8489 §6.2.1 Rc); the last is waited for 16 x RTO.
+    #[arg(long, value_name = "N", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub transmissions: u32,
+}
+
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct ConvertArgs {
+    /// coturn configuration file [default: standard input].
+    pub file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]

@@ -44,6 +44,8 @@ use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
 use super::cli::Cli;
+use super::logging::LogFormat;
+use crate::engine::nat_discovery::Rfc5780;
 use crate::engine::peer_filter::{IpRange, PeerFilter, PeerFilterConfig};
 use crate::engine::{EngineConfig, UserKey};
 
@@ -110,6 +112,9 @@ struct FileConfig {
     software: Option<String>,
     log_file: Option<String>,
     log_level: Option<String>,
+    log_format: Option<String>,
+    rfc5780: Option<bool>,
+    alt_listening_port: Option<i64>,
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
     // Abuse limits (config/abuse.rs).
@@ -281,6 +286,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// A level (`info`) or a tracing filter (`info,ferroturn::engine=debug`).
     pub log_level: String,
+    /// `log-format`: text (default) or JSON lines (README "Logs").
+    pub log_format: LogFormat,
     /// SO_RCVBUF / SO_SNDBUF for every UDP socket, bytes.
     pub udp_recv_buffer: usize,
     pub udp_send_buffer: usize,
@@ -327,6 +334,7 @@ impl fmt::Debug for Config {
             .field("relay_threads", &self.relay_threads)
             .field("log_file", &self.log_file)
             .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
             .finish_non_exhaustive()
     }
 }
@@ -404,6 +412,13 @@ impl Config {
             listeners(&self.tls_listen, "off")
         );
         let _ = writeln!(s, "  TLS:               {tls}");
+        if let Some(r) = &e.rfc5780 {
+            let _ = writeln!(
+                s,
+                "  RFC 5780:          {} and {}, ports {} and {}",
+                r.ips[0], r.ips[1], r.ports[0], r.ports[1]
+            );
+        }
         let _ = writeln!(
             s,
             "  relay IPv4:        {}",
@@ -459,8 +474,9 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  log:               {} to {}",
+            "  log:               {} ({}) to {}",
             self.log_level,
+            self.log_format.as_str(),
             self.log_file
                 .as_ref()
                 .map_or("stdout".to_owned(), |p| p.display().to_string())
@@ -517,6 +533,9 @@ pub fn check_config(cli: &Cli) -> ExitCode {
 
 /// Read the file (if `--config` was given), merge the command line over it, validate.
 pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    if let Some(path) = &cli.coturn_config {
+        return load_coturn(cli, path);
+    }
     match &cli.config {
         Some(path) => {
             let text = fs::read_to_string(path).map_err(|e| ConfigError {
@@ -528,6 +547,34 @@ pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
         }
         None => load_from(cli, None),
     }
+}
+
+/// `--coturn-config`: convert (reporting ignored lines on stderr), then load the TOML. Errors
+/// name the coturn file and the key; positions in the generated TOML would mean nothing.
+fn load_coturn(cli: &Cli, path: &Path) -> Result<Config, ConfigError> {
+    let in_file = |key: Option<String>, message: String| ConfigError {
+        origin: Origin::File(path.to_path_buf()),
+        key,
+        message,
+    };
+    if cli.config.is_some() {
+        return Err(in_file(
+            None,
+            "give either --config or --coturn-config, not both".into(),
+        ));
+    }
+    let text = fs::read_to_string(path)
+        .map_err(|e| in_file(None, format!("cannot read the coturn config file: {e}")))?;
+    let conv = super::coturn::convert(&text).map_err(|e| in_file(None, e.to_string()))?;
+    for i in &conv.ignored {
+        eprintln!("ferroturn: {}: {i}", path.display());
+    }
+    load_from(cli, Some((path, &conv.toml))).map_err(|mut e| {
+        if let Origin::FileAt { path, .. } = e.origin {
+            e.origin = Origin::File(path);
+        }
+        e
+    })
 }
 
 /// [`load`] with the file's text already in hand (`path` is only used in messages).
@@ -871,6 +918,73 @@ fn valid_log_level(s: &str) -> bool {
         })
 }
 
+/// `rfc5780` / `alt-listening-port`: RFC 5780 needs an alternate IP and an alternate port
+/// (§4.1), so the first two specific listening IPs of one family, each with UDP listeners on
+/// `listening-port` and `alt-listening-port` (default: listening-port + 1, as coturn).
+#[allow(clippy::too_many_arguments)]
+fn resolve_rfc5780(
+    ctx: &Ctx,
+    (cli_on, file_on): (bool, Option<bool>),
+    alt: Option<(i128, Src)>,
+    listen_ips: &[IpAddr],
+    (listening_port, no_udp): (u16, bool),
+    tls_port: Option<u16>,
+    own_ports: &mut Vec<(u16, Src, &'static str)>,
+    listen: &mut Vec<SocketAddr>,
+) -> Result<Option<Rfc5780>, ConfigError> {
+    let (on, src) = flag(cli_on, file_on);
+    if !on {
+        return Ok(None);
+    }
+    if no_udp {
+        return Err(ctx.err(src, "rfc5780", "NAT discovery needs UDP, but no-udp is set"));
+    }
+    let specific: Vec<IpAddr> = listen_ips
+        .iter()
+        .copied()
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let two: Vec<IpAddr> = match specific.first() {
+        Some(first) => specific
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() == first.is_ipv4())
+            .take(2)
+            .collect(),
+        None => Vec::new(),
+    };
+    let [a, b] = two[..] else {
+        return Err(ctx.err(
+            src,
+            "rfc5780",
+            "needs two specific listening-ip addresses of one family (RFC 5780 §4.1: the \
+             server answers from an alternate IP)",
+        ));
+    };
+    let default_alt = listening_port.checked_add(1).ok_or_else(|| {
+        ctx.err(
+            src,
+            "alt-listening-port",
+            "listening-port is 65535; set alt-listening-port",
+        )
+    })?;
+    let (alt, alt_src) = port(ctx, "alt-listening-port", alt, default_alt)?;
+    if alt == listening_port || Some(alt) == tls_port {
+        return Err(ctx.err(
+            alt_src,
+            "alt-listening-port",
+            format!("{alt} must differ from listening-port and tls-listening-port"),
+        ));
+    }
+    own_ports.push((alt, alt_src, "alt-listening-port"));
+    listen.push(SocketAddr::new(a, alt));
+    listen.push(SocketAddr::new(b, alt));
+    Ok(Some(Rfc5780 {
+        ips: [a, b],
+        ports: [listening_port, alt],
+    }))
+}
+
 fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> {
     let abuse_file = abuse::AbuseFile::from(&fc);
     // --- listening sockets -----------------------------------------------------------------
@@ -981,9 +1095,19 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             .map(|&ip| SocketAddr::new(ip, port))
             .collect()
     };
-    let listen = on_every_ip(no_udp, listening_port);
+    let mut listen = on_every_ip(no_udp, listening_port);
     let tcp_listen = on_every_ip(no_tcp, listening_port);
     let tls_listen = on_every_ip(tls.is_none(), tls_listening_port);
+    let rfc5780 = resolve_rfc5780(
+        ctx,
+        (cli.rfc5780, fc.rfc5780),
+        pick_num(cli.alt_listening_port, fc.alt_listening_port),
+        &listen_ips,
+        (listening_port, no_udp),
+        tls.is_some().then_some(tls_listening_port),
+        &mut own_ports,
+        &mut listen,
+    )?;
 
     // --- relay and external addresses ------------------------------------------------------
     let (list, relay_src) = pick_list(&cli.relay_ip, fc.relay_ip);
@@ -1364,6 +1488,11 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             s
         }
     };
+    let log_format = match pick(cli.log_format.clone(), fc.log_format) {
+        None => LogFormat::Text,
+        Some((s, src)) => LogFormat::from_str(s.trim())
+            .map_err(|()| ctx.err(src, "log-format", format!("{s:?} is not text or json")))?,
+    };
 
     let buffer_range = (1, i32::MAX as u64);
     let (udp_recv_buffer, _) = int(
@@ -1423,6 +1552,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         legacy_channel_numbers: cli.legacy_channel_numbers
             || fc.legacy_channel_numbers.unwrap_or(false),
         limits: abuse.limits,
+        rfc5780,
         alternate_servers,
     };
 
@@ -1436,6 +1566,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         relay_threads: relay_threads as usize,
         log_file,
         log_level,
+        log_format,
         udp_recv_buffer: udp_recv_buffer as usize,
         udp_send_buffer: udp_send_buffer as usize,
         no_udp,

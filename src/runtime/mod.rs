@@ -4,13 +4,16 @@ pub mod admin;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod coturn;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod privdrop;
 pub mod server;
 pub mod shard;
 pub mod sockets;
+pub mod stun_probe;
 pub mod tls;
 
 pub use server::{Server, StartError};

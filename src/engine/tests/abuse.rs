@@ -191,36 +191,38 @@ fn failed_auth_backs_off_per_source_and_user() {
     }
     assert!(try_alloc(&mut h, &mut bad).is_empty());
     assert_eq!(h.engine.stats.refused_auth_backoff, 1);
-    // The user is in back-off from another source too, even with the right password; a
-    // request without credentials (the first 401 round trip) is not.
-    let mut good = Client::new(udp("198.51.100.99:40000"), "alice", "alice-pw");
-    h.login(&mut good);
-    assert!(try_alloc(&mut h, &mut good).is_empty());
     // Another user from the blocked source: blocked too (the source is).
     let mut bob = Client::new(udp("198.51.100.20:40001"), "bob", "bob-pw");
     h.login(&mut bob);
     assert!(try_alloc(&mut h, &mut bob).is_empty());
-    // 1 s later: answered again; the next failure doubles the back-off (2 s).
-    h.now = h.t0 + Duration::from_millis(1000);
+    assert_eq!(h.engine.stats.refused_auth_backoff, 2);
+    // The user is in back-off now too: a second guesser gets its first guess answered, then
+    // silence, although it has failed only once itself.
+    let mut guesser = Client::new(udp("198.51.100.50:40000"), "alice", "guess");
+    h.login(&mut guesser);
+    try_alloc(&mut h, &mut guesser)[0].assert_err(method::ALLOCATE, 401);
+    assert!(try_alloc(&mut h, &mut guesser).is_empty());
+    assert_eq!(h.engine.stats.refused_auth_backoff, 3);
+    // The user's own client elsewhere, which has not failed, is not locked out by any of this.
+    let mut good = Client::new(udp("198.51.100.99:40000"), "alice", "alice-pw");
+    h.alloc_ok(&mut good);
+    h.refresh(&mut good, Some(600)).assert_ok(method::REFRESH);
+    // The first source's own back-off ends after 1 s, but the user's (2 s since the guesser's
+    // failure) still applies to it; then it is answered, and its next failure doubles its
+    // own back-off to 2 s.
+    h.now = h.t0 + Duration::from_millis(1500);
+    assert!(try_alloc(&mut h, &mut bad).is_empty());
+    h.now = h.t0 + Duration::from_millis(2000);
     try_alloc(&mut h, &mut bad)[0].assert_err(method::ALLOCATE, 401);
-    h.now = h.t0 + Duration::from_millis(2900);
+    h.now = h.t0 + Duration::from_millis(3900);
     assert!(try_alloc(&mut h, &mut bad).is_empty());
-    h.now = h.t0 + Duration::from_millis(3000);
-    // The right password after the back-off succeeds; from then on that source is served
-    // even while someone else keeps the user in back-off (no lock-out by failing on purpose).
-    let r = try_alloc(&mut h, &mut good);
-    r[0].assert_ok(method::ALLOCATE);
-    for _ in 0..5 {
-        let r = try_alloc(&mut h, &mut bad);
-        assert!(r.len() <= 1);
-    }
-    assert!(try_alloc(&mut h, &mut bad).is_empty());
-    let r = h.refresh(&mut good, Some(600));
-    r.assert_ok(method::REFRESH);
-    // ... but a new source for the user is not.
-    let mut fresh = Client::new(udp("198.51.100.77:40000"), "alice", "alice-pw");
-    h.login(&mut fresh);
-    assert!(try_alloc(&mut h, &mut fresh).is_empty());
+    // A mistyped password followed by the right one: the success clears the source.
+    let mut typo = Client::new(udp("198.51.100.60:40000"), "bob", "bob-typo");
+    h.login(&mut typo);
+    try_alloc(&mut h, &mut typo)[0].assert_err(method::ALLOCATE, 401);
+    typo.cred = Cred::Password("bob-pw".to_owned());
+    try_alloc(&mut h, &mut typo)[0].assert_ok(method::ALLOCATE);
+    assert_eq!(h.engine.stats.refused_auth_backoff, 5);
 }
 
 #[test]
