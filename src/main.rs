@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     // proc-user / proc-group: every listener (TURN, metrics, admin) is bound and the TLS files
     // are read; give up root now.
     match privdrop::drop_privileges(cfg.proc_user.as_deref(), cfg.proc_group.as_deref()) {
-        Ok(Some((uid, gid))) => info!(uid, gid, "privileges dropped"),
+        Ok(Some((uid, gid))) => info!(event = "privileges_dropped", uid, gid, "privileges dropped"),
         Ok(None) if privdrop::running_as_root() => {
             warn!("running as root; set proc-user (or use the systemd unit) to drop privileges")
         }
