@@ -4,9 +4,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use ferroturn::runtime::cli::{Cli, Command, CredentialsArgs};
-use ferroturn::runtime::config::{self, Config};
-use ferroturn::runtime::{notify, Server};
+use ferroturn::runtime::admin::{self, LogLevelSetter, Ops};
+use ferroturn::runtime::cli::{Cli, Command, ConvertArgs, CredentialsArgs, StunProbeArgs};
+use ferroturn::runtime::config;
+use ferroturn::runtime::logging::{self, LogHandle};
+use ferroturn::runtime::{notify, privdrop, Server};
 
 /// Exit code for configuration and startup errors (bad config, port in use).
 const EXIT_CONFIG: u8 = 2;
@@ -16,6 +18,8 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::CheckConfig) => return config::check_config(&cli),
         Some(Command::Credentials(args)) => return credentials(&cli, args),
+        Some(Command::Convert(args)) => return convert(args),
+        Some(Command::StunProbe(args)) => return stun_probe(args),
         None => {}
     }
     let cfg = match config::load(&cli) {
@@ -25,10 +29,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = init_logging(&cfg) {
-        eprintln!("ferroturn: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let log = match logging::init(&cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ferroturn: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -46,6 +53,43 @@ fn main() -> ExitCode {
         "ferroturn {} started",
         env!("CARGO_PKG_VERSION")
     );
+    // The admin API (PUT /api/v1/log-level) and SIGHUP change the same filter.
+    let set_log_level: LogLevelSetter = {
+        let h = log.clone();
+        std::sync::Arc::new(move |s: &str| h.set_level(s))
+    };
+    // Metrics / admin listeners: bound now, so a bad address is a startup error (exit 2).
+    let mut ops = match Ops::bind(
+        &cfg,
+        server.handle(),
+        server.local_addrs(),
+        server.tcp_addrs(),
+        server.tls_addrs(),
+        set_log_level,
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            error!(error = %e, "startup failed");
+            eprintln!("ferroturn: {e}");
+            server.shutdown();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // proc-user / proc-group: every listener (TURN, metrics, admin) is bound and the TLS files
+    // are read; give up root now.
+    match privdrop::drop_privileges(cfg.proc_user.as_deref(), cfg.proc_group.as_deref()) {
+        Ok(Some((uid, gid))) => info!(event = "privileges_dropped", uid, gid, "privileges dropped"),
+        Ok(None) if privdrop::running_as_root() => {
+            warn!("running as root; set proc-user (or use the systemd unit) to drop privileges")
+        }
+        Ok(None) => {}
+        Err(e) => {
+            error!(error = %e, "privilege drop failed");
+            eprintln!("ferroturn: privilege drop failed: {e}");
+            server.shutdown();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,7 +101,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(control_loop(&cli, &server));
+    rt.block_on(async {
+        if let Err(e) = ops.serve() {
+            error!(error = %e, "cannot start the HTTP listeners");
+            return;
+        }
+        control_loop(&cli, &server, &ops, &log, cfg.ops.drain_timeout).await
+    });
     notify::notify("STOPPING=1");
     info!(allocations = server.allocation_count(), "shutting down");
     server.shutdown();
@@ -66,13 +116,25 @@ fn main() -> ExitCode {
 }
 
 /// Signals: SIGINT/SIGTERM stop, SIGHUP reloads the configuration (users, secrets, peer ACLs,
-/// quotas); an invalid new configuration is logged and the running one kept.
-async fn control_loop(cli: &Cli, server: &Server) {
+/// quotas, log level); an invalid new configuration is logged and the running one kept.
+/// SIGUSR1 (or the admin API) starts a drain: the loop ends, and the process exits 0, once no
+/// allocation is left or after `drain-timeout`.
+async fn control_loop(
+    cli: &Cli,
+    server: &Server,
+    ops: &Ops,
+    log: &LogHandle,
+    drain_timeout: std::time::Duration,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let handle = server.handle();
+    let mut drain_started: Option<std::time::Instant> = None;
+    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     ) else {
         error!("cannot install signal handlers; stopping");
         return;
@@ -91,8 +153,30 @@ async fn control_loop(cli: &Cli, server: &Server) {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); return; }
             _ = int.recv() => { info!("SIGINT"); return; }
+            _ = usr1.recv() => { handle.drain(); }
+            // Polled rather than signalled: the admin API may start the drain too.
+            _ = drain_tick.tick() => {
+                if !handle.is_draining() {
+                    continue;
+                }
+                let n = handle.allocation_count();
+                let started = *drain_started.get_or_insert_with(|| {
+                    admin::log_drain_start("SIGUSR1 or admin API", n, drain_timeout);
+                    notify::notify(&format!("STATUS=draining, {n} allocations"));
+                    std::time::Instant::now()
+                });
+                if n == 0 {
+                    info!(event = "drain_complete", "drain complete: no allocation left");
+                    return;
+                }
+                if started.elapsed() >= drain_timeout {
+                    warn!(event = "drain_timeout", allocations = n, "drain-timeout reached; exiting");
+                    return;
+                }
+            }
             _ = tick.tick() => {
-                let status = format!("STATUS={} allocations", server.allocation_count());
+                let draining = if handle.is_draining() { "draining, " } else { "" };
+                let status = format!("STATUS={draining}{} allocations", server.allocation_count());
                 if watchdog {
                     notify::notify(&format!("WATCHDOG=1\n{status}"));
                 } else {
@@ -102,15 +186,95 @@ async fn control_loop(cli: &Cli, server: &Server) {
             _ = hup.recv() => match config::load(cli) {
                 Ok(new) => {
                     notify::notify("RELOADING=1");
+                    ops.set_config(&new);
                     server.reload(new.engine);
-                    info!("configuration reloaded");
+                    if let Err(e) = log.set_level(&new.log_level) {
+                        warn!(error = %e, "log level not changed");
+                    }
+                    info!(event = "config_reloaded", log_level = %new.log_level, "configuration reloaded");
                     if let Err(e) = server.reload_tls() {
                         warn!(error = %e, "new TLS certificate rejected; keeping the previous one");
                     }
                     notify::notify("READY=1");
                 }
-                Err(e) => warn!(error = %e, "reload rejected; keeping the running configuration"),
+                Err(e) => warn!(event = "config_rejected", error = %e, "reload rejected; keeping the running configuration"),
             },
+        }
+    }
+}
+
+/// `ferroturn convert [FILE]`: coturn turnserver.conf -> ferroturn TOML on stdout, ignored
+/// lines on stderr. 0 = converted, 2 = unreadable file or a value that cannot be converted.
+fn convert(args: &ConvertArgs) -> ExitCode {
+    use std::io::Read;
+    let (name, text) = match &args.file {
+        Some(p) => (p.display().to_string(), std::fs::read_to_string(p)),
+        None => {
+            let mut s = String::new();
+            let r = std::io::stdin().read_to_string(&mut s).map(|_| s);
+            ("standard input".to_owned(), r)
+        }
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ferroturn: {name}: cannot read the coturn config file: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match ferroturn::runtime::coturn::convert(&text) {
+        Ok(c) => {
+            for i in &c.ignored {
+                eprintln!("{i}");
+            }
+            print!("{}", c.toml);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferroturn: {name}: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `ferroturn stun-probe`: 0 = answered, 1 = timeout or error response, 2 = bad target.
+fn stun_probe(args: &StunProbeArgs) -> ExitCode {
+    use ferroturn::runtime::stun_probe::{probe, resolve, ProbeOptions};
+    let server = match resolve(&args.target) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ferroturn stun-probe: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.tcp && (args.change_ip || args.change_port) {
+        // RFC 5780 §7.2: CHANGE-REQUEST only makes sense over UDP.
+        eprintln!("ferroturn stun-probe: --change-ip/--change-port need UDP, not --tcp");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let opts = ProbeOptions {
+        server,
+        tcp: args.tcp,
+        change_ip: args.change_ip,
+        change_port: args.change_port,
+        rto: std::time::Duration::from_millis(args.rto),
+        transmissions: args.transmissions,
+    };
+    match probe(&opts) {
+        Ok(r) => {
+            println!("{}", if args.json { r.json() } else { r.text() });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{{\"server\":{},\"error\":{}}}",
+                    json_string(&server.to_string()),
+                    json_string(&e.to_string())
+                );
+            }
+            eprintln!("ferroturn stun-probe: {server}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -164,34 +328,4 @@ fn json_string(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn init_logging(cfg: &Config) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
-        .map_err(|e| format!("key 'log-level': {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &cfg.log_file {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("key 'log-file': cannot open {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
-        }
-        None => {
-            use std::io::IsTerminal;
-            // Colours only for a person at a terminal, never into the journal or a pipe.
-            builder
-                .with_ansi(std::io::stdout().is_terminal())
-                .with_writer(std::io::stdout)
-                .init()
-        }
-    }
-    Ok(())
 }

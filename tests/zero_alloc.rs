@@ -11,8 +11,7 @@ use ferroturn::engine::{ClientAction, PEER_HEADROOM, PEER_TAILROOM};
 use relay_setup::{channel_data, send_indication, setup};
 
 struct Counting;
-// Both per thread: the tests run in parallel, and a shared counter would also count the other
-// test's allocations (the_counter_counts makes exactly 10).
+// Both per thread: tests run in parallel, and only the measuring thread's allocations count.
 thread_local! {
     static ON: Cell<bool> = const { Cell::new(false) };
     static ALLOCS: Cell<usize> = const { Cell::new(0) };
@@ -95,6 +94,43 @@ fn relay_paths_do_not_allocate() {
         assert!(r.is_some());
     });
     assert_eq!(n, 0, "Data indication allocated {n} times");
+}
+
+#[test]
+fn bandwidth_limited_relay_paths_do_not_allocate() {
+    // max-bps and bps-capacity on (high enough that nothing is dropped): the buckets are
+    // plain integers in the allocation and the engine.
+    let mut s = setup();
+    let mut cfg = s.engine.config().clone();
+    cfg.limits.max_bps = 1 << 40;
+    cfg.limits.shard_bps_capacity = 1 << 40;
+    s.engine.set_config(std::sync::Arc::new(cfg));
+    let payload = [0xabu8; 160];
+    let cd = channel_data(&payload);
+    let mut buf = vec![0u8; PEER_HEADROOM + 2048 + PEER_TAILROOM];
+    let (now, tuple, relay, chan_peer) = (s.now, s.tuple, s.relay, s.chan_peer);
+    let n = allocations(10_000, || {
+        let a = s.engine.handle_client(now, tuple, &cd);
+        assert!(matches!(a, ClientAction::ToPeer { peer, .. } if peer == chan_peer));
+    });
+    assert_eq!(
+        n, 0,
+        "limited ChannelData client → peer allocated {n} times"
+    );
+    let n = allocations(10_000, || {
+        buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
+        let r = s.engine.handle_peer(
+            now,
+            relay,
+            chan_peer,
+            &mut buf,
+            PEER_HEADROOM,
+            payload.len(),
+        );
+        assert!(r.is_some());
+    });
+    assert_eq!(n, 0, "limited peer → client allocated {n} times");
+    assert_eq!(s.engine.stats.dropped_bandwidth_allocation, 0);
 }
 
 #[test]

@@ -183,6 +183,11 @@ pub fn looks_like_stun(b: &[u8]) -> bool {
 }
 
 impl<'a> Message<'a> {
+    /// Length of the message on the wire (header and attributes).
+    pub fn wire_len(&self) -> usize {
+        self.raw.len()
+    }
+
     /// Parse and validate framing: header, attribute lengths and padding, the attribute
     /// ordering rules of RFC 8489 §14.5-§14.7 (only MESSAGE-INTEGRITY-SHA256 and FINGERPRINT
     /// may follow MESSAGE-INTEGRITY; nothing may follow FINGERPRINT), and the FINGERPRINT value.

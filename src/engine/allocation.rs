@@ -20,6 +20,8 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// RFC 8656 §11: after a binding expires, neither its number nor its peer may be bound to
 /// anything else for 5 more minutes (so stray packets are not misdelivered).
 pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+/// [`Allocation::bind_channel`]'s error when the cap is reached (→ 508, not 400).
+pub const TOO_MANY_CHANNELS: &str = "too many channels";
 
 #[derive(Clone, Debug)]
 pub struct Permission {
@@ -83,6 +85,10 @@ pub struct Allocation {
     pub tcp: bool,
     /// TCP allocations: peers with a connection (pending bind or spliced), for 446.
     pub tcp_peers: Vec<SocketAddr>,
+    /// `max-bps` buckets: client → peer, peer → client (coturn treats them separately).
+    pub bw: [super::limits::ByteBucket; 2],
+    /// Random id in logs (`session_start` / `session_end`) and the admin API.
+    pub session_id: u64,
 }
 
 impl Allocation {
@@ -178,7 +184,7 @@ impl Allocation {
             return Ok(());
         }
         if self.channels.len() >= cap {
-            return Err("too many channels");
+            return Err(TOO_MANY_CHANNELS);
         }
         self.channels.push(Channel {
             number,

@@ -1,6 +1,6 @@
 //! What the engine needs to know from the operator's configuration.
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::peer_filter::PeerFilter;
@@ -50,6 +50,14 @@ pub struct EngineConfig {
     /// Also accept channel numbers 0x5000-0x7FFF, the RFC 5766 range that RFC 8656 §12 took
     /// back (coturn's clients still pick from it). Off by default.
     pub legacy_channel_numbers: bool,
+    /// Abuse limits: per-IP quotas, rates, back-off, bandwidth (README "Abuse resistance").
+    pub limits: super::limits::Limits,
+    /// RFC 5780 NAT behaviour discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST) on
+    /// these addresses; None = off (the default, as coturn), CHANGE-REQUEST gets 420.
+    pub rfc5780: Option<super::nat_discovery::Rfc5780>,
+    /// `alternate-server`: where Allocates are redirected (300 Try Alternate, RFC 8489 §10)
+    /// while draining. Empty = 508 while draining.
+    pub alternate_servers: Vec<SocketAddr>,
 }
 
 impl EngineConfig {
@@ -83,6 +91,9 @@ impl Default for EngineConfig {
             user_quota: 0,
             total_quota: 0,
             legacy_channel_numbers: false,
+            limits: super::limits::Limits::default(),
+            rfc5780: None,
+            alternate_servers: Vec::new(),
         }
     }
 }

@@ -13,6 +13,9 @@ pub mod allocation;
 pub mod auth;
 pub mod config;
 pub mod hash;
+pub mod limits;
+pub mod nat_discovery;
+pub mod ops;
 pub mod peer_filter;
 pub mod shared;
 pub mod tcp_relay;
@@ -36,7 +39,8 @@ use crate::codec::stun::{
 };
 use allocation::{desired_lifetime, Allocation, Relay, V4, V6};
 use auth::{Auth, AuthError, Authenticated, Key};
-use shared::{QuotaError, Shared};
+use limits::{ByteBucket, RateLimiter};
+use shared::{QuotaError, Quotas, Shared};
 use txn_cache::TxnCache;
 
 /// Transport of the client leg.
@@ -94,9 +98,10 @@ pub const PEER_TAILROOM: usize = 4;
 /// Largest peer payload that still fits a Data indication's 16-bit length.
 pub const MAX_PEER_PAYLOAD: usize = 65535 - PEER_HEADROOM;
 
-/// Caps that bound the memory one allocation can hold.
-pub const MAX_PERMISSIONS: usize = 128;
-pub const MAX_CHANNELS: usize = 64;
+/// Binding responses are at most this much larger than their request (reflection guard):
+/// XOR-MAPPED-ADDRESS of an IPv6 client (24) + FINGERPRINT (8). SOFTWARE goes in only when it
+/// fits under this bound (RFC 8489 §14.14: SOFTWARE is optional).
+pub const BINDING_MAX_GROWTH: usize = 32;
 /// Bind retries on a port some other process holds.
 const MAX_BIND_ATTEMPTS: u8 = 8;
 
@@ -166,6 +171,33 @@ pub struct Stats {
     pub auth_failures: u64,
     pub stale_nonces: u64,
     pub peers_denied: u64,
+    // Abuse limits (issue #5): what was refused and why. README "Abuse resistance".
+    /// 486: the user's allocation quota (`user-quota`).
+    pub refused_quota_user: u64,
+    /// 508: the server's allocation quota (`total-quota`).
+    pub refused_quota_total: u64,
+    /// 486: allocations per client IP (`max-allocations-per-ip`).
+    pub refused_quota_ip: u64,
+    /// 486: allocations per /24 or /64 (`max-allocations-per-prefix`).
+    pub refused_quota_prefix: u64,
+    /// 508: permissions per allocation (`max-permissions-per-allocation`).
+    pub refused_permissions: u64,
+    /// 508: channels per allocation (`max-channels-per-allocation`).
+    pub refused_channels: u64,
+    /// Requests dropped silently: source over `max-requests-per-ip`.
+    pub refused_rate_requests: u64,
+    /// 401/438 not sent: source over `max-401-per-ip` (reflection guard).
+    pub refused_rate_401: u64,
+    /// Authenticated requests dropped silently: source or user in failed-auth back-off.
+    pub refused_auth_backoff: u64,
+    /// Relayed packets dropped: allocation over `max-bps`.
+    pub dropped_bandwidth_allocation: u64,
+    /// Relayed packets dropped: shard over its share of `bps-capacity`.
+    pub dropped_bandwidth_server: u64,
+    /// Refusal log lines not written (at most 10 a second per shard).
+    pub refusal_logs_suppressed: u64,
+    /// Histograms and counters by reason (metrics, admin API).
+    pub ops: ops::OpsStats,
 }
 
 /// An Allocate waiting for its relay socket(s) to be bound: one, or two for a dual allocation
@@ -185,6 +217,8 @@ struct PendingAllocate {
     refused: [Option<u16>; 2],
     /// RFC 6062 TCP allocation.
     tcp: bool,
+    /// When the Allocate was taken on (setup-time histogram).
+    started: Instant,
 }
 
 /// One relay socket of a [`PendingAllocate`].
@@ -244,7 +278,12 @@ pub struct Engine {
     commands: VecDeque<RelayCommand>,
     base: (Instant, u64),
     rng: u64,
+    limiter: RateLimiter,
+    /// This shard's share of `bps-capacity` (both directions).
+    shard_bw: ByteBucket,
     pub stats: Stats,
+    /// Draining (SIGUSR1 / admin API): new Allocates get 300 or 508, the rest goes on.
+    draining: bool,
 }
 
 /// xorshift64*, the engine's cheap generator (`Engine::next_rand`). A free function so the peer
@@ -268,6 +307,7 @@ impl Engine {
         seed: u64,
     ) -> Self {
         let auth = Auth::new(&cfg, shared.nonce_key);
+        let shard_bw = ByteBucket::new(cfg.limits.shard_bps_capacity);
         Engine {
             cfg,
             auth,
@@ -286,7 +326,10 @@ impl Engine {
             commands: VecDeque::new(),
             base: (now, unix_now),
             rng: seed | 1,
+            limiter: RateLimiter::default(),
+            shard_bw,
             stats: Stats::default(),
+            draining: false,
         }
     }
 
@@ -302,6 +345,15 @@ impl Engine {
                 .retain(|p| filter.check_permission(SocketAddr::new(p.ip, 0)).is_ok());
             a.channels.retain(|c| filter.check(c.peer).is_ok());
         }
+        // Bandwidth limits apply to live allocations too (fresh buckets at the new rate).
+        if cfg.limits.max_bps != self.cfg.limits.max_bps {
+            for a in self.allocs.iter_mut().flatten() {
+                a.bw = [ByteBucket::new(cfg.limits.max_bps); 2];
+            }
+        }
+        if cfg.limits.shard_bps_capacity != self.cfg.limits.shard_bps_capacity {
+            self.shard_bw = ByteBucket::new(cfg.limits.shard_bps_capacity);
+        }
         self.cfg = cfg;
     }
 
@@ -311,6 +363,17 @@ impl Engine {
 
     pub fn allocation_count(&self) -> usize {
         self.by_tuple.len()
+    }
+
+    /// Is there an allocation on `tuple`? (The runtime: a TCP/TLS connection that allocated is
+    /// no longer pending.)
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.by_tuple.contains_key(tuple)
+    }
+
+    /// What the shards share (the runtime counts client connections per IP there).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
@@ -333,6 +396,20 @@ impl Engine {
             (Some(a), Some(c)) => Some(a.min(c)),
             (a, c) => a.or(c),
         }
+    }
+
+    /// Nanoseconds since the engine's base instant (the clock of the rate limits).
+    #[inline]
+    fn ns(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base.0).as_nanos() as u64
+    }
+
+    /// Rate-limited refusal logging: true if this refusal may be logged.
+    fn may_log(&mut self, now: Instant) -> bool {
+        let t = self.ns(now);
+        let ok = self.limiter.may_log(t);
+        self.stats.refusal_logs_suppressed = self.limiter.log_suppressed;
+        ok
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -397,7 +474,16 @@ impl Engine {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         };
-        to_peer(&mut self.stats, a, relay, peer, payload)
+        let clock = (now, self.base.0);
+        to_peer(
+            &mut self.stats,
+            &mut self.shard_bw,
+            clock,
+            a,
+            relay,
+            peer,
+            payload,
+        )
     }
 
     /// A datagram from `peer` on relay socket `relay`, held in `buf[start..start + len]` with
@@ -424,6 +510,17 @@ impl Engine {
         if !a.has_permission(peer.ip(), now) || len > MAX_PEER_PAYLOAD {
             self.stats.dropped_no_permission += 1;
             return None;
+        }
+        if !a.bw[DOWN].unlimited() || !self.shard_bw.unlimited() {
+            let t = now.saturating_duration_since(self.base.0).as_nanos() as u64;
+            if !a.bw[DOWN].take(t, len) {
+                self.stats.dropped_bandwidth_allocation += 1;
+                return None;
+            }
+            if !self.shard_bw.take(t, len) {
+                self.stats.dropped_bandwidth_server += 1;
+                return None;
+            }
         }
         let range = match a.channel_for_peer(peer, now) {
             Some(ch) => channel_data::frame_in_place(
@@ -488,7 +585,16 @@ impl Engine {
             self.stats.peers_denied += 1;
             return ClientAction::None;
         }
-        to_peer(&mut self.stats, a, relay, peer, payload)
+        let clock = (now, self.base.0);
+        to_peer(
+            &mut self.stats,
+            &mut self.shard_bw,
+            clock,
+            a,
+            relay,
+            peer,
+            payload,
+        )
     }
 
     // ------------------------------------------------------------------ control path
@@ -526,6 +632,16 @@ impl Engine {
         };
         match msg.class {
             Class::Request => {
+                // Per-source request rate: beyond it, drop silently (an answer is what a
+                // flood from a spoofed source wants; a real client retransmits, RFC 8489 §6.2.1).
+                let t = self.ns(now);
+                if !self.limiter.request(&self.cfg.limits, tuple.client.ip(), t) {
+                    self.stats.refused_rate_requests += 1;
+                    if self.may_log(now) {
+                        debug!(event = "refused", reason = "request_rate", client = %tuple.client, "request rate limit");
+                    }
+                    return ClientAction::None;
+                }
                 self.handle_request(now, tuple, &msg);
                 ClientAction::None
             }
@@ -557,7 +673,12 @@ impl Engine {
             return;
         }
         let mut unknown = [0u16; 8];
-        let n = msg.unknown_required(&mut unknown);
+        let mut n = msg.unknown_required(&mut unknown);
+        if n > 0 && msg.method == method::BINDING && self.rfc5780_on(&tuple) {
+            // RFC 5780 §7.2 CHANGE-REQUEST is understood here; elsewhere it is an unknown
+            // comprehension-required attribute: 420 (RFC 8489 §6.3.1).
+            n = nat_discovery::strip_change_request(&mut unknown, n);
+        }
         if n > 0 {
             // RFC 8489 §6.3: the unknown-attribute check comes after the authentication checks,
             // so a TURN request is challenged first and its 420 is signed (§9.2.4).
@@ -588,7 +709,7 @@ impl Engine {
             return;
         }
         match msg.method {
-            method::BINDING => self.binding(now, &req),
+            method::BINDING => self.binding(now, &req, msg),
             method::ALLOCATE => self.allocate(now, &req, msg),
             method::REFRESH => self.refresh(now, &req, msg),
             method::CREATE_PERMISSION => self.create_permission(now, &req, msg),
@@ -661,6 +782,19 @@ impl Engine {
 
     /// 401/438 carry REALM, a fresh NONCE and the PASSWORD-ALGORITHMS we accept (RFC 8489 §9.2.4).
     fn challenge(&mut self, now: Instant, req: &Req, code: u16) {
+        // Reflection guard: a 401/438 is several times the size of the request that provoked
+        // it, and needs no credentials; beyond the per-source rate it is not sent.
+        let t = self.ns(now);
+        if !self
+            .limiter
+            .challenge(&self.cfg.limits, req.tuple.client.ip(), t)
+        {
+            self.stats.refused_rate_401 += 1;
+            if self.may_log(now) {
+                debug!(event = "refused", reason = "challenge_rate", client = %req.tuple.client, code, "401 rate limit");
+            }
+            return;
+        }
         let salt = self.next_rand() as u32;
         let nonce = self.auth.make_nonce(req.tuple.client, self.unix(now), salt);
         let realm = self.auth.realm().to_owned();
@@ -673,11 +807,29 @@ impl Engine {
     }
 
     fn authenticate(&mut self, now: Instant, req: &Req, msg: &Message) -> Option<Authenticated> {
+        // Failed-auth back-off: a request with credentials from a source or for a user in
+        // back-off is dropped silently. Not a 401: that would be an answer to every guess (and
+        // a reflection); the client sees loss and retransmits (RFC 8489 §6.2.1), by which time
+        // the back-off may be over.
+        let t = self.ns(now);
+        let ip = req.tuple.client.ip();
+        let user = msg.get(attr::USERNAME).or_else(|| msg.get(attr::USERHASH));
+        let has_creds = user.is_some() || msg.has(attr::MESSAGE_INTEGRITY);
+        if has_creds && self.limiter.auth_blocked(ip, user, t) {
+            self.stats.refused_auth_backoff += 1;
+            if self.may_log(now) {
+                info!(event = "refused", reason = "auth_backoff", client = %req.tuple.client, "failed-auth back-off");
+            }
+            return None;
+        }
         match self
             .auth
             .authenticate(msg, req.tuple.client, self.unix(now))
         {
-            Ok(a) => Some(a),
+            Ok(a) => {
+                self.limiter.auth_succeeded(ip);
+                Some(a)
+            }
             Err(AuthError::Challenge) => {
                 self.stats.auth_challenges += 1;
                 self.challenge(now, req, 401);
@@ -691,12 +843,17 @@ impl Engine {
             }
             Err(AuthError::BadRequest(why)) => {
                 self.stats.auth_failures += 1;
+                self.stats.ops.auth_failure(ops::AuthFailure::BadRequest);
                 info!(event = "auth_failure", client = %req.tuple.client, reason = why, "bad request");
                 self.error(now, req, None, 400, why, false);
                 None
             }
             Err(AuthError::Unauthorized(why)) => {
                 self.stats.auth_failures += 1;
+                self.limiter.auth_failed(&self.cfg.limits, ip, user, t);
+                self.stats
+                    .ops
+                    .auth_failure(ops::AuthFailure::from_unauthorized(why));
                 let user = msg
                     .get(attr::USERNAME)
                     .map(|u| String::from_utf8_lossy(u).into_owned())
@@ -709,14 +866,61 @@ impl Engine {
     }
 
     /// RFC 8489 §7.3.1: answer with the reflexive transport address.
-    fn binding(&mut self, now: Instant, req: &Req) {
+    fn binding(&mut self, now: Instant, req: &Req, msg: &Message) {
         let mapped = req.tuple.client;
         let mut r = *req;
         // Binding responses always carry FINGERPRINT (helps clients demultiplex, RFC 8489 §7).
         r.fingerprint = true;
-        self.respond(now, &r, Class::Success, None, false, |w| {
-            w.xor_addr(attr::XOR_MAPPED_ADDRESS, mapped);
+        let nat = match self.cfg.rfc5780.filter(|_| self.rfc5780_on(&req.tuple)) {
+            None => None,
+            Some(cfg) => {
+                let change = match msg.get(attr::CHANGE_REQUEST) {
+                    None => Some((false, false)),
+                    Some(v) => nat_discovery::change_request(v),
+                };
+                let Some((ip, port)) = change else {
+                    self.error(now, req, None, 400, "malformed CHANGE-REQUEST", false);
+                    return;
+                };
+                cfg.answer(req.tuple.server, ip, port)
+            }
+        };
+        // Reflection guard: at most BINDING_MAX_GROWTH bytes more than the request, so SOFTWARE
+        // (optional, RFC 8489 §14.14) goes in only when it fits. RFC 5780 (opt-in) adds its two
+        // addresses on top of that bound.
+        let addr_len = |a: SocketAddr| if a.is_ipv4() { 12 } else { 24 };
+        let extra = nat.map_or(0, |a| addr_len(a.source) + addr_len(a.other));
+        let base = 20 + addr_len(mapped) + extra + 8;
+        let software = self.cfg.software.as_deref().filter(|s| {
+            base + 4 + s.len().next_multiple_of(4) <= msg.wire_len() + BINDING_MAX_GROWTH + extra
         });
+        let mut data = Vec::with_capacity(base + 8);
+        let mut w = Writer::new(&mut data, r.method, Class::Success, &r.tid);
+        w.xor_addr(attr::XOR_MAPPED_ADDRESS, mapped);
+        if let Some(a) = nat {
+            // RFC 5780 §7.3 RESPONSE-ORIGIN, §7.4 OTHER-ADDRESS (MAPPED-ADDRESS format).
+            w.addr(attr::RESPONSE_ORIGIN, a.source)
+                .addr(attr::OTHER_ADDRESS, a.other);
+        }
+        if let Some(s) = software {
+            w.attr(attr::SOFTWARE, s.as_bytes());
+        }
+        w.fingerprint();
+        let mut tuple = r.tuple;
+        if let Some(a) = nat {
+            // The runtime sends from the listener bound to `server` (RFC 5780 §7.2).
+            tuple.server = a.source;
+        }
+        self.transmits.push_back(Transmit { tuple, data });
+    }
+
+    /// RFC 5780 applies to UDP requests received on one of its four addresses.
+    fn rfc5780_on(&self, tuple: &FiveTuple) -> bool {
+        tuple.transport == Transport::Udp
+            && self
+                .cfg
+                .rfc5780
+                .is_some_and(|c| c.answer(tuple.server, false, false).is_some())
     }
 
     /// The allocation on this 5-tuple, after the checks every request on an existing allocation
@@ -748,6 +952,9 @@ impl Engine {
         if self.by_tuple.contains_key(&req.tuple) {
             self.error(now, req, Some(&auth), 437, "", true);
             return;
+        }
+        if self.draining {
+            return self.refuse_draining(now, req, &auth);
         }
         match msg.get(attr::REQUESTED_TRANSPORT) {
             None => {
@@ -854,19 +1061,36 @@ impl Engine {
                 None
             }
         };
-        match self
-            .shared
-            .acquire_quota(&auth.username, self.cfg.user_quota, self.cfg.total_quota)
-        {
-            Ok(()) => {}
-            Err(QuotaError::User) => {
-                info!(event = "quota", user = %auth.username, client = %req.tuple.client, "user quota reached");
-                return self.error(now, req, Some(&auth), 486, "", true);
+        let quotas = Quotas {
+            per_user: self.cfg.user_quota,
+            total: self.cfg.total_quota,
+            per_ip: self.cfg.limits.allocations_per_ip,
+            per_prefix: self.cfg.limits.allocations_per_prefix,
+        };
+        let client_ip = req.tuple.client.ip();
+        if let Err(e) = self.shared.acquire_quota(&auth.username, client_ip, quotas) {
+            // RFC 8656 §7.2: 486 for a quota of the client, 508 when the server is full.
+            let (code, reason) = match e {
+                QuotaError::User => (486, "user quota"),
+                QuotaError::Ip => (486, "allocations per IP"),
+                QuotaError::Prefix => (486, "allocations per prefix"),
+                QuotaError::Total => (508, "total quota"),
+            };
+            match e {
+                QuotaError::User => self.stats.ops.refusal(ops::Refusal::UserQuota),
+                QuotaError::Total => self.stats.ops.refusal(ops::Refusal::TotalQuota),
+                QuotaError::Ip | QuotaError::Prefix => {}
             }
-            Err(QuotaError::Total) => {
-                info!(event = "quota", user = %auth.username, client = %req.tuple.client, "total quota reached");
-                return self.error(now, req, Some(&auth), 508, "", true);
+            *match e {
+                QuotaError::User => &mut self.stats.refused_quota_user,
+                QuotaError::Ip => &mut self.stats.refused_quota_ip,
+                QuotaError::Prefix => &mut self.stats.refused_quota_prefix,
+                QuotaError::Total => &mut self.stats.refused_quota_total,
+            } += 1;
+            if self.may_log(now) {
+                info!(event = "quota", user = %auth.username, client = %req.tuple.client, reason, "allocation refused");
             }
+            return self.error(now, req, Some(&auth), code, "", true);
         }
         let (port, reservation, from_token) = if let Some(t) = token {
             let port = <[u8; 8]>::try_from(t)
@@ -875,7 +1099,7 @@ impl Engine {
             match port {
                 Some(p) => (Some(p), None, true),
                 None => {
-                    self.shared.release_quota(&auth.username);
+                    self.shared.release_quota(&auth.username, client_ip);
                     return self.error(
                         now,
                         req,
@@ -909,7 +1133,8 @@ impl Engine {
             }
         }
         if port.is_none() && second_port.is_none() {
-            self.shared.release_quota(&auth.username);
+            self.shared.release_quota(&auth.username, client_ip);
+            self.stats.ops.refusal(ops::Refusal::Capacity);
             info!(event = "capacity", client = %req.tuple.client, "relay port range exhausted");
             return self.error(now, req, Some(&auth), 508, "", true);
         }
@@ -952,7 +1177,7 @@ impl Engine {
         }
         let Some(owner) = owner else {
             // Not reached: at least one port was taken above.
-            self.shared.release_quota(&auth.username);
+            self.shared.release_quota(&auth.username, client_ip);
             return;
         };
         self.relays[owner as usize] = RelaySlot::Pending(Box::new(PendingAllocate {
@@ -966,6 +1191,7 @@ impl Engine {
             legs,
             refused,
             tcp,
+            started: now,
         }));
         self.pending_by_tuple.insert(req.tuple, owner);
     }
@@ -1079,7 +1305,9 @@ impl Engine {
             }
         }
         if relays.iter().all(Option::is_none) {
-            self.shared.release_quota(&p.auth.username);
+            self.shared
+                .release_quota(&p.auth.username, p.req.tuple.client.ip());
+            self.stats.ops.refusal(ops::Refusal::Capacity);
             let req = p.req;
             return self.error(now, &req, Some(&p.auth), 508, "", true);
         }
@@ -1098,7 +1326,15 @@ impl Engine {
             to_client_bytes: 0,
             tcp: p.tcp,
             tcp_peers: Vec::new(),
+            bw: [ByteBucket::new(self.cfg.limits.max_bps); 2],
+            session_id: self.next_rand(),
         };
+        let setup = now.saturating_duration_since(p.started).as_micros() as u64;
+        self.stats
+            .ops
+            .setup_time
+            .observe(ops::SETUP_US_BOUNDS, setup);
+        ops::log_session_start(&a, &self.cfg.realm);
         let idx = match self.free_allocs.pop() {
             Some(i) => {
                 self.allocs[i as usize] = Some(a);
@@ -1271,11 +1507,17 @@ impl Engine {
         let Some(a) = self.allocs[idx as usize].as_mut() else {
             return;
         };
+        let cap = self.cfg.limits.max_permissions;
         let ok = peers[..n]
             .iter()
             .flatten()
-            .all(|ip| a.add_permission(*ip, now, MAX_PERMISSIONS));
+            .all(|ip| a.add_permission(*ip, now, cap));
         if !ok {
+            // RFC 8656 §9.2: 508 when the server cannot install the permissions.
+            self.stats.refused_permissions += 1;
+            if self.may_log(now) {
+                info!(event = "refused", reason = "permissions", client = %req.tuple.client, cap, "too many permissions");
+            }
             return self.error(now, req, Some(&auth), 508, "too many permissions", true);
         }
         self.respond(
@@ -1330,11 +1572,25 @@ impl Engine {
         let Some(a) = self.allocs[idx as usize].as_mut() else {
             return;
         };
-        if let Err(why) = a.bind_channel(number, peer, now, MAX_CHANNELS) {
+        let (max_channels, max_permissions) = (
+            self.cfg.limits.max_channels,
+            self.cfg.limits.max_permissions,
+        );
+        if let Err(why) = a.bind_channel(number, peer, now, max_channels) {
+            // RFC 8656 §12.2: 508 Insufficient Capacity when out of resources; a conflicting
+            // binding is a 400.
+            if why == allocation::TOO_MANY_CHANNELS {
+                self.stats.refused_channels += 1;
+                if self.may_log(now) {
+                    info!(event = "refused", reason = "channels", client = %req.tuple.client, cap = max_channels, "too many channels");
+                }
+                return self.error(now, req, Some(&auth), 508, why, true);
+            }
             return self.error(now, req, Some(&auth), 400, why, true);
         }
-        // §11.2: binding a channel installs or refreshes the permission for the peer's IP.
-        if !a.add_permission(peer.ip(), now, MAX_PERMISSIONS) {
+        // §12.2: binding a channel installs or refreshes the permission for the peer's IP.
+        if !a.add_permission(peer.ip(), now, max_permissions) {
+            self.stats.refused_permissions += 1;
             return self.error(now, req, Some(&auth), 508, "too many permissions", true);
         }
         self.respond(
@@ -1385,8 +1641,16 @@ impl Engine {
         for r in a.relays.iter().flatten() {
             self.close_relay(r);
         }
-        self.shared.release_quota(&a.username);
+        self.shared.release_quota(&a.username, a.tuple.client.ip());
         self.stats.allocations_deleted += 1;
+        let end = ops::EndReason::from_reason(reason);
+        self.stats.ops.sessions_ended[end as usize] += 1;
+        let secs = now.saturating_duration_since(a.created).as_secs();
+        self.stats
+            .ops
+            .session_duration
+            .observe(ops::DURATION_S_BOUNDS, secs);
+        ops::log_session_end(&a, &self.cfg.realm, now, end);
         info!(
             event = "allocation_deleted",
             reason,
@@ -1441,6 +1705,98 @@ impl Engine {
         }
     }
 
+    /// Start or stop draining: new Allocates are refused (300 Try Alternate or 508), existing
+    /// allocations are refreshed and relayed as before.
+    pub fn set_draining(&mut self, on: bool) {
+        self.draining = on;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// RFC 8489 §10 (ALTERNATE-SERVER mechanism), RFC 8656 §7.2: while draining, an
+    /// authenticated Allocate is redirected with 300 Try Alternate and an ALTERNATE-SERVER of
+    /// the client's address family (RFC 8489 §14.15), signed like any answer to an
+    /// authenticated request; without one, 508 Insufficient Capacity.
+    fn refuse_draining(&mut self, now: Instant, req: &Req, auth: &Authenticated) {
+        let family = req.tuple.client.is_ipv4();
+        let n = self
+            .cfg
+            .alternate_servers
+            .iter()
+            .filter(|a| a.is_ipv4() == family)
+            .count();
+        if n == 0 {
+            self.stats.ops.refusal(ops::Refusal::DrainRefused);
+            return self.error(now, req, Some(auth), 508, "draining", true);
+        }
+        // Spread redirected clients over the alternates, as coturn's round robin does.
+        let pick = (self.next_rand() % n as u64) as usize;
+        let Some(alt) = self
+            .cfg
+            .alternate_servers
+            .iter()
+            .filter(|a| a.is_ipv4() == family)
+            .nth(pick)
+            .copied()
+        else {
+            return;
+        };
+        self.stats.ops.refusal(ops::Refusal::DrainRedirect);
+        self.respond(
+            now,
+            req,
+            Class::Error,
+            Some((&auth.key, auth.kind)),
+            true,
+            |w| {
+                w.error_code(300, stun::reason(300))
+                    .addr(attr::ALTERNATE_SERVER, alt);
+            },
+        );
+    }
+
+    /// The sessions (allocations) of this shard, for the admin API.
+    pub fn sessions(&self, now: Instant) -> Vec<ops::SessionInfo> {
+        self.allocations()
+            .map(|a| ops::SessionInfo::of(a, now))
+            .collect()
+    }
+
+    /// Allocation, permission and channel gauges by transport (scans every allocation).
+    pub fn gauges(&self, now: Instant) -> ops::Gauges {
+        ops::Gauges::of(self.allocations(), now)
+    }
+
+    /// Delete the allocation with session id `id` (admin API), as if it had expired: its relay
+    /// sockets close and a later Refresh on its 5-tuple gets 437. Returns whether it was here.
+    pub fn kill_session(&mut self, now: Instant, id: u64) -> bool {
+        let idx = self
+            .allocs
+            .iter()
+            .position(|a| a.as_ref().is_some_and(|a| a.session_id == id));
+        match idx {
+            Some(i) => {
+                self.delete_allocation(now, i as u32, "killed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delete every allocation of `user` (a revoked user); returns how many.
+    pub fn kill_user(&mut self, now: Instant, user: &str) -> usize {
+        let mut n = 0;
+        for i in 0..self.allocs.len() {
+            if self.allocs[i].as_ref().is_some_and(|a| a.username == user) {
+                self.delete_allocation(now, i as u32, "killed");
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Delete every allocation (shutdown): frees ports and quotas, queues Close commands.
     pub fn close_all(&mut self, now: Instant) {
         for idx in 0..self.allocs.len() as u32 {
@@ -1466,15 +1822,35 @@ impl std::fmt::Display for RelayAddrs<'_> {
     }
 }
 
-/// Count a client → peer datagram (allocation and shard counters) and hand it to the runtime.
+/// Index of the client → peer bucket in [`Allocation::bw`].
+const UP: usize = 0;
+/// Index of the peer → client bucket in [`Allocation::bw`].
+const DOWN: usize = 1;
+
+/// Count a client → peer datagram (allocation and shard counters) and hand it to the runtime,
+/// unless a bandwidth limit drops it. `clock`: (now, the engine's base instant); the time is
+/// only computed when a limit is set.
 #[inline(always)]
 fn to_peer<'a>(
     stats: &mut Stats,
+    shard_bw: &mut ByteBucket,
+    clock: (Instant, Instant),
     a: &mut Allocation,
     relay: RelayId,
     peer: SocketAddr,
     payload: &'a [u8],
 ) -> ClientAction<'a> {
+    if !a.bw[UP].unlimited() || !shard_bw.unlimited() {
+        let t = clock.0.saturating_duration_since(clock.1).as_nanos() as u64;
+        if !a.bw[UP].take(t, payload.len()) {
+            stats.dropped_bandwidth_allocation += 1;
+            return ClientAction::None;
+        }
+        if !shard_bw.take(t, payload.len()) {
+            stats.dropped_bandwidth_server += 1;
+            return ClientAction::None;
+        }
+    }
     a.to_peer_packets += 1;
     a.to_peer_bytes += payload.len() as u64;
     stats.packets_to_peer += 1;

@@ -2,6 +2,7 @@
 //! RESERVATION-TOKEN), allocation quotas and the nonce key. Touched only on allocation create
 //! and delete, never per relayed packet.
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,8 +18,10 @@ pub struct Shared {
     /// connection may land on any shard, so this lives here (touched per connection, not packet).
     connections: Mutex<HashMap<u32, (String, Instant)>>,
     next_conn_id: AtomicU32,
-    per_user: Mutex<HashMap<String, u32>>,
+    per_user: Mutex<Counts>,
     total: AtomicU32,
+    /// Client TCP/TLS connections per source IP (a client's connections hash to any shard).
+    tcp_per_ip: Mutex<HashMap<IpAddr, u32>>,
     pub nonce_key: [u8; 32],
 }
 
@@ -28,6 +31,50 @@ pub enum QuotaError {
     User,
     /// 508 Insufficient Capacity.
     Total,
+    /// 486: allocations per client IP.
+    Ip,
+    /// 486: allocations per /24 (IPv4) or /64 (IPv6).
+    Prefix,
+}
+
+/// Allocation quotas (0 = unlimited each).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quotas {
+    pub per_user: u32,
+    pub total: u32,
+    pub per_ip: u32,
+    pub per_prefix: u32,
+}
+
+/// Live allocations by user, client IP and client prefix. Entries go when they reach 0, so
+/// the maps hold at most one entry per live allocation.
+#[derive(Default)]
+struct Counts {
+    user: HashMap<String, u32>,
+    ip: HashMap<IpAddr, u32>,
+    prefix: HashMap<IpAddr, u32>,
+}
+
+/// The quota key of a client address: IPv4-mapped IPv6 counts as IPv4.
+fn client_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// /24 for IPv4, /64 for IPv6: what one subscriber or one small network typically holds.
+pub fn client_prefix(ip: IpAddr) -> IpAddr {
+    match client_ip(ip) {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xFFFF_FF00).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+    }
+}
+
+fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: &K) {
+    if let Some(n) = m.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            m.remove(k);
+        }
+    }
 }
 
 impl Shared {
@@ -37,8 +84,9 @@ impl Shared {
             connections: Mutex::new(HashMap::new()),
             // CONNECTION-IDs need only be unique; start somewhere unguessable.
             next_conn_id: AtomicU32::new((seed >> 32) as u32 | 1),
-            per_user: Mutex::new(HashMap::new()),
+            per_user: Mutex::new(Counts::default()),
             total: AtomicU32::new(0),
+            tcp_per_ip: Mutex::new(HashMap::new()),
             nonce_key,
         }
     }
@@ -80,38 +128,71 @@ impl Shared {
         self.ports.lock().unwrap_or_else(|e| e.into_inner()).in_use
     }
 
-    /// Count an allocation against the per-user and total quotas (0 = unlimited).
-    pub fn acquire_quota(
-        &self,
-        user: &str,
-        user_quota: u32,
-        total_quota: u32,
-    ) -> Result<(), QuotaError> {
+    /// Count an allocation of `user` from client address `ip` against the quotas.
+    pub fn acquire_quota(&self, user: &str, ip: IpAddr, q: Quotas) -> Result<(), QuotaError> {
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
-        if total_quota != 0 && prev >= total_quota {
+        if q.total != 0 && prev >= q.total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(QuotaError::Total);
         }
+        let (ip, prefix) = (client_ip(ip), client_prefix(ip));
         let mut m = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(user.to_owned()).or_insert(0);
-        if user_quota != 0 && *n >= user_quota {
+        let over = |n: Option<&u32>, cap: u32| cap != 0 && n.copied().unwrap_or(0) >= cap;
+        let err = if over(m.user.get(user), q.per_user) {
+            Some(QuotaError::User)
+        } else if over(m.ip.get(&ip), q.per_ip) {
+            Some(QuotaError::Ip)
+        } else if over(m.prefix.get(&prefix), q.per_prefix) {
+            Some(QuotaError::Prefix)
+        } else {
+            None
+        };
+        if let Some(e) = err {
             drop(m);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(QuotaError::User);
+            return Err(e);
         }
-        *n += 1;
+        *m.user.entry(user.to_owned()).or_insert(0) += 1;
+        *m.ip.entry(ip).or_insert(0) += 1;
+        *m.prefix.entry(prefix).or_insert(0) += 1;
         Ok(())
     }
 
-    pub fn release_quota(&self, user: &str) {
+    pub fn release_quota(&self, user: &str, ip: IpAddr) {
         self.total.fetch_sub(1, Ordering::AcqRel);
         let mut m = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(user);
-            }
+        dec(&mut m.user, &user.to_owned());
+        dec(&mut m.ip, &client_ip(ip));
+        dec(&mut m.prefix, &client_prefix(ip));
+    }
+
+    /// Live allocations of client address `ip` (tests, stats).
+    pub fn allocations_of_ip(&self, ip: IpAddr) -> u32 {
+        let m = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        m.ip.get(&client_ip(ip)).copied().unwrap_or(0)
+    }
+
+    /// A client TCP/TLS connection from `ip` was accepted: false if `ip` already has `max`
+    /// (0 = unlimited), and then it is not counted (the caller closes it).
+    pub fn tcp_open(&self, ip: IpAddr, max: u32) -> bool {
+        let mut m = self.tcp_per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(client_ip(ip)).or_insert(0);
+        if max != 0 && *n >= max {
+            return false;
         }
+        *n += 1;
+        true
+    }
+
+    pub fn tcp_closed(&self, ip: IpAddr) {
+        let mut m = self.tcp_per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        dec(&mut m, &client_ip(ip));
+    }
+
+    /// Client TCP/TLS connections counted by [`Shared::tcp_open`], all sources.
+    pub fn tcp_connections(&self) -> u32 {
+        let m = self.tcp_per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        m.values().sum()
     }
 
     pub fn next_connection_id(&self) -> u32 {
@@ -298,16 +379,85 @@ mod tests {
         assert_eq!(s.ports_in_use(), 3);
     }
 
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
     #[test]
     fn quotas() {
         let s = Shared::new(50000, 50009, [0; 32], 1);
-        assert!(s.acquire_quota("a", 2, 3).is_ok());
-        assert!(s.acquire_quota("a", 2, 3).is_ok());
-        assert_eq!(s.acquire_quota("a", 2, 3), Err(QuotaError::User));
-        assert!(s.acquire_quota("b", 2, 3).is_ok());
-        assert_eq!(s.acquire_quota("c", 2, 3), Err(QuotaError::Total));
-        s.release_quota("a");
-        assert!(s.acquire_quota("c", 2, 3).is_ok());
+        let q = Quotas {
+            per_user: 2,
+            total: 3,
+            ..Quotas::default()
+        };
+        assert!(s.acquire_quota("a", IP, q).is_ok());
+        assert!(s.acquire_quota("a", IP, q).is_ok());
+        assert_eq!(s.acquire_quota("a", IP, q), Err(QuotaError::User));
+        assert!(s.acquire_quota("b", IP, q).is_ok());
+        assert_eq!(s.acquire_quota("c", IP, q), Err(QuotaError::Total));
+        s.release_quota("a", IP);
+        assert!(s.acquire_quota("c", IP, q).is_ok());
         assert_eq!(s.total_allocations(), 3);
+    }
+
+    #[test]
+    fn ip_and_prefix_quotas() {
+        let s = Shared::new(50000, 50009, [0; 32], 1);
+        let q = Quotas {
+            per_ip: 2,
+            per_prefix: 3,
+            ..Quotas::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(s.acquire_quota("a", ip("192.0.2.1"), q).is_ok());
+        assert!(s.acquire_quota("b", ip("::ffff:192.0.2.1"), q).is_ok());
+        assert_eq!(
+            s.acquire_quota("c", ip("192.0.2.1"), q),
+            Err(QuotaError::Ip)
+        );
+        assert!(s.acquire_quota("c", ip("192.0.2.200"), q).is_ok());
+        assert_eq!(
+            s.acquire_quota("d", ip("192.0.2.7"), q),
+            Err(QuotaError::Prefix)
+        );
+        assert!(s.acquire_quota("d", ip("192.0.3.7"), q).is_ok());
+        // IPv6: the /64 is the prefix.
+        assert!(s.acquire_quota("e", ip("2001:db8::1"), q).is_ok());
+        assert!(s.acquire_quota("e", ip("2001:db8::2"), q).is_ok());
+        assert!(s.acquire_quota("e", ip("2001:db8::3"), q).is_ok());
+        assert_eq!(
+            s.acquire_quota("e", ip("2001:db8::ffff:4"), q),
+            Err(QuotaError::Prefix)
+        );
+        assert!(s.acquire_quota("e", ip("2001:db8:0:1::4"), q).is_ok());
+        // Refused attempts took nothing; a release frees the IP and the prefix.
+        assert_eq!(s.total_allocations(), 8);
+        s.release_quota("a", ip("192.0.2.1"));
+        assert_eq!(s.allocations_of_ip(ip("192.0.2.1")), 1);
+        assert!(s.acquire_quota("f", ip("192.0.2.1"), q).is_ok());
+        for (u, a) in [("b", "192.0.2.1"), ("f", "192.0.2.1"), ("c", "192.0.2.200")] {
+            s.release_quota(u, ip(a));
+        }
+        assert_eq!(s.allocations_of_ip(ip("192.0.2.1")), 0);
+        assert!(!s
+            .per_user
+            .lock()
+            .unwrap()
+            .prefix
+            .contains_key(&ip("192.0.2.0")));
+    }
+
+    #[test]
+    fn tcp_per_ip() {
+        let s = Shared::new(50000, 50009, [0; 32], 1);
+        assert!(s.tcp_open(IP, 2));
+        assert!(s.tcp_open(IP, 2));
+        assert!(!s.tcp_open(IP, 2));
+        s.tcp_closed(IP);
+        assert!(s.tcp_open(IP, 2));
+        assert_eq!(s.tcp_connections(), 2);
+        s.tcp_closed(IP);
+        s.tcp_closed(IP);
+        assert_eq!(s.tcp_connections(), 0);
+        assert!(s.tcp_per_ip.lock().unwrap().is_empty());
     }
 }

@@ -109,7 +109,7 @@ impl Engine {
                     return;
                 };
                 a.tcp_peers.push(p.peer);
-                a.add_permission(p.peer.ip(), now, super::MAX_PERMISSIONS);
+                a.add_permission(p.peer.ip(), now, self.cfg.limits.max_permissions);
                 self.shared.register_connection(
                     conn_id,
                     &p.auth.username,

@@ -695,18 +695,48 @@ fn binding_reflects_ipv6_client() {
 
 #[test]
 fn binding_carries_software_when_configured() {
-    // RFC 8489 §14.14 SOFTWARE.
+    // RFC 8489 §14.14 SOFTWARE, when it fits under the amplification bound: here the request
+    // carries its own SOFTWARE, so the answer may too.
     let mut c = cfg();
     c.software = Some("ferroturn-test 1.0".to_owned());
     let mut h = Harness::new(c);
     let mut req = Vec::new();
-    Writer::new(&mut req, method::BINDING, Class::Request, &new_tid());
+    Writer::new(&mut req, method::BINDING, Class::Request, &new_tid())
+        .attr(attr::SOFTWARE, b"some client 2.0 (linux)");
     let r = h.send_one(udp("198.51.100.20:40000"), &req);
     r.assert_ok(method::BINDING);
     assert_eq!(
         r.get(attr::SOFTWARE).as_deref(),
         Some(&b"ferroturn-test 1.0"[..])
     );
+}
+
+#[test]
+fn binding_response_at_most_32_bytes_larger_than_request() {
+    // Reflection guard: whatever SOFTWARE is configured, a minimal Binding request (20 bytes,
+    // the cheapest thing to spoof) gets at most BINDING_MAX_GROWTH more bytes back.
+    let mut c = cfg();
+    c.software = Some("x".repeat(120));
+    let mut h = Harness::new(c);
+    for client in ["198.51.100.20:40000", "[2001:db8::20]:40000"] {
+        for fp in [false, true] {
+            let mut req = Vec::new();
+            let mut w = Writer::new(&mut req, method::BINDING, Class::Request, &new_tid());
+            if fp {
+                w.fingerprint();
+            }
+            let r = h.send_one(udp(client), &req);
+            r.assert_ok(method::BINDING);
+            assert!(r.get(attr::SOFTWARE).is_none());
+            assert!(
+                r.0.len() <= req.len() + super::BINDING_MAX_GROWTH,
+                "{} vs {}",
+                r.0.len(),
+                req.len()
+            );
+        }
+    }
+    assert_eq!(super::BINDING_MAX_GROWTH, 32);
 }
 
 #[test]
@@ -3557,3 +3587,7 @@ fn tcp_connection_attempt_bind_and_expiry() {
     })
     .assert_err(method::CONNECTION_BIND, 400);
 }
+
+mod abuse;
+/// Drain, kill, session records and operations counters.
+mod ops_tests;

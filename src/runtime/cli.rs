@@ -29,6 +29,12 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
+    /// Run from a coturn `turnserver.conf` instead of a TOML file: the options ferroturn
+    /// supports are converted as `ferroturn convert` does, ignored lines are reported on
+    /// stderr. Not together with --config.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub coturn_config: Option<PathBuf>,
+
     /// IP address to listen on; repeatable [default: 0.0.0.0] (coturn: -L).
     #[arg(short = 'L', long, value_name = "IP", global = true)]
     pub listening_ip: Vec<String>,
@@ -171,6 +177,69 @@ pub struct Cli {
     /// `info,ferroturn::engine=debug` [default: info].
     #[arg(long, value_name = "LEVEL", global = true)]
     pub log_level: Option<String>,
+
+    #[command(flatten)]
+    pub abuse: AbuseArgs,
+    /// RFC 5780 NAT behaviour discovery (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST);
+    /// needs two listening IPs. Off by default (coturn: on with two IPs, --no-rfc5780).
+    #[arg(long, global = true)]
+    pub rfc5780: bool,
+
+    /// Alternate UDP port for --rfc5780 [default: listening-port + 1]
+    /// (coturn: --alt-listening-port).
+    #[arg(long, value_name = "PORT", global = true)]
+    pub alt_listening_port: Option<u64>,
+
+    /// Log line format: `text` or `json` (one JSON object per line; schema in the README,
+    /// "Logs") [default: text].
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<String>,
+    // --- operations: metrics, admin API, drain (README "Metrics, health, admin API and drain")
+    /// Serve Prometheus /metrics, /live and /ready (coturn: --prometheus).
+    #[arg(long, global = true)]
+    pub prometheus: bool,
+
+    /// Port of the metrics listener [default: 9641] (coturn: --prometheus-port).
+    #[arg(long, value_name = "PORT", global = true)]
+    pub prometheus_port: Option<u64>,
+
+    /// Address of the metrics listener [default: 127.0.0.1] (coturn: --prometheus-address).
+    #[arg(long, value_name = "IP", global = true)]
+    pub prometheus_address: Option<String>,
+
+    /// Per-user series in /metrics (one per user: high cardinality) (coturn:
+    /// --prometheus-username-labels).
+    #[arg(long, global = true)]
+    pub prometheus_username_labels: bool,
+
+    /// Admin HTTP/JSON API address, e.g. 127.0.0.1:9642 [default: off].
+    #[arg(long, value_name = "IP:PORT", global = true)]
+    pub admin_listen: Option<String>,
+
+    /// Allow a non-loopback admin-listen address.
+    #[arg(long, global = true)]
+    pub admin_allow_remote: bool,
+
+    /// Bearer token of the admin API (prefer --admin-token-file: argv is visible to all users).
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub admin_token: Option<String>,
+
+    /// File holding the admin API bearer token (first line).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Where new Allocates are redirected (300 Try Alternate) while draining; repeatable
+    /// (coturn: --alternate-server).
+    #[arg(long, value_name = "IP[:PORT]", global = true)]
+    pub alternate_server: Vec<String>,
+
+    /// Seconds a drain waits for allocations to end before exiting [default: 3600].
+    #[arg(long, value_name = "SECONDS", global = true)]
+    pub drain_timeout: Option<u64>,
+
+    /// Serve the connectivity test page on the admin listener (/test).
+    #[arg(long, global = true)]
+    pub test_page: bool,
 }
 
 #[derive(Subcommand, Clone, Debug, PartialEq, Eq)]
@@ -181,6 +250,46 @@ pub enum Command {
     /// Mint short-lived TURN REST API credentials and print them as an `iceServers` entry.
     /// The secret comes from --secret, else from the config's first static-auth-secret.
     Credentials(CredentialsArgs),
+    /// Print the ferroturn TOML equivalent of a coturn turnserver.conf (FILE, or standard
+    /// input); every line that has no effect is reported on stderr with its number and why.
+    Convert(ConvertArgs),
+    /// Send one STUN Binding request (turnutils_stunclient-like) and print the mapped address,
+    /// RESPONSE-ORIGIN, OTHER-ADDRESS and the round-trip time. Exit 0 = answered,
+    /// 1 = timeout or error response, 2 = bad target.
+    StunProbe(StunProbeArgs),
+}
+
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct StunProbeArgs {
+    /// Server: HOST, HOST:PORT, IP or [IPv6]:PORT (port 3478 if omitted).
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// Use TCP instead of UDP.
+    #[arg(long)]
+    pub tcp: bool,
+    /// RFC 5780 CHANGE-REQUEST: ask for the response from the server's other IP.
+    #[arg(long)]
+    pub change_ip: bool,
+    /// RFC 5780 CHANGE-REQUEST: ask for the response from the server's other port.
+    #[arg(long)]
+    pub change_port: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Initial retransmission timeout in ms (RFC 8489 §6.2.1 RTO).
+    #[arg(long, value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub rto: u64,
+    /// Transmissions over UDP (RFC 8489 §6.2.1 Rc); the last is waited for 16 x RTO.
+    #[arg(long, value_name = "N", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub transmissions: u32,
+}
+
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct ConvertArgs {
+    /// coturn configuration file [default: standard input].
+    pub file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -264,4 +373,56 @@ mod tests {
     fn verbose_and_log_level_conflict() {
         assert!(Cli::try_parse_from(["ferroturn", "-v", "--log-level", "warn"]).is_err());
     }
+}
+
+/// Abuse limits (README "Abuse resistance"); 0 = unlimited for counts and rates.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct AbuseArgs {
+    /// Live allocations per client IP (486) [default: 256].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_allocations_per_ip: Option<u64>,
+    /// Live allocations per client /24 (IPv4) or /64 (IPv6) (486) [default: 1024].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_allocations_per_prefix: Option<u64>,
+    /// Permissions per allocation (508) [default: 128].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_permissions_per_allocation: Option<u64>,
+    /// Channels per allocation (508) [default: 64].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_channels_per_allocation: Option<u64>,
+    /// Relayed bytes per second per allocation, each direction; excess dropped
+    /// [default: 0 = unlimited] (coturn: --max-bps).
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub max_bps: Option<u64>,
+    /// Relayed bytes per second for the whole server; excess dropped [default: 0 = unlimited]
+    /// (coturn: --bps-capacity).
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub bps_capacity: Option<u64>,
+    /// STUN requests per second per source IP (IPv6: per /64); excess dropped [default: 500].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_requests_per_ip: Option<u64>,
+    /// 401/438 answers per second per source IP; excess not sent [default: 200].
+    #[arg(long = "max-401-per-ip", value_name = "N", global = true)]
+    pub max_401_per_ip: Option<u64>,
+    /// Failed authentications per source and per user before back-off [default: 5].
+    #[arg(long, value_name = "N", global = true)]
+    pub auth_failures_before_backoff: Option<u64>,
+    /// Longest failed-auth back-off, seconds (1 s, doubling) [default: 60].
+    #[arg(long, value_name = "SECS", global = true)]
+    pub auth_backoff_max: Option<u64>,
+    /// Client TCP/TLS connections per source IP; excess closed at accept [default: 256].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_tcp_connections_per_ip: Option<u64>,
+    /// TCP/TLS connections without an allocation yet, whole server [default: 1024].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_pending_tcp_connections: Option<u64>,
+    /// Seconds a TCP/TLS connection has to finish its handshake and allocate [default: 10].
+    #[arg(long, value_name = "SECS", global = true)]
+    pub tcp_handshake_timeout: Option<u64>,
+    /// Run as this user after the sockets are bound (coturn: --proc-user).
+    #[arg(long, value_name = "USER", global = true)]
+    pub proc_user: Option<String>,
+    /// Run as this group after the sockets are bound (coturn: --proc-group).
+    #[arg(long, value_name = "GROUP", global = true)]
+    pub proc_group: Option<String>,
 }

@@ -44,6 +44,8 @@ use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
 use super::cli::Cli;
+use super::logging::LogFormat;
+use crate::engine::nat_discovery::Rfc5780;
 use crate::engine::peer_filter::{IpRange, PeerFilter, PeerFilterConfig};
 use crate::engine::{EngineConfig, UserKey};
 
@@ -59,6 +61,8 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const MIN_ALLOCATE_LIFETIME: u64 = 60;
 /// Sanity cap on `relay-threads`.
 pub const MAX_RELAY_THREADS: u64 = 1024;
+
+mod abuse;
 
 // ---------------------------------------------------------------------------------------------
 // The file
@@ -108,8 +112,43 @@ struct FileConfig {
     software: Option<String>,
     log_file: Option<String>,
     log_level: Option<String>,
+    log_format: Option<String>,
+    rfc5780: Option<bool>,
+    alt_listening_port: Option<i64>,
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
+    // Abuse limits (config/abuse.rs).
+    max_allocations_per_ip: Option<i64>,
+    max_allocations_per_prefix: Option<i64>,
+    max_permissions_per_allocation: Option<i64>,
+    max_channels_per_allocation: Option<i64>,
+    max_bps: Option<i64>,
+    bps_capacity: Option<i64>,
+    max_requests_per_ip: Option<i64>,
+    #[serde(rename = "max-401-per-ip")]
+    max_401_per_ip: Option<i64>,
+    auth_failures_before_backoff: Option<i64>,
+    auth_backoff_max: Option<i64>,
+    max_tcp_connections_per_ip: Option<i64>,
+    max_pending_tcp_connections: Option<i64>,
+    tcp_handshake_timeout: Option<i64>,
+    proc_user: Option<String>,
+    proc_group: Option<String>,
+    // --- operations (metrics, admin API, drain; see `resolve_ops`)
+    prometheus: Option<bool>,
+    prometheus_port: Option<i64>,
+    prometheus_address: Option<String>,
+    prometheus_username_labels: Option<bool>,
+    admin_listen: Option<String>,
+    admin_allow_remote: Option<bool>,
+    admin_token: Option<String>,
+    admin_token_file: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    alternate_server: Option<Vec<String>>,
+    drain_timeout: Option<i64>,
+    test_page: Option<bool>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    test_page_urls: Option<Vec<String>>,
 }
 
 /// `key = "x"` or `key = ["x", "y"]`.
@@ -247,11 +286,18 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// A level (`info`) or a tracing filter (`info,ferroturn::engine=debug`).
     pub log_level: String,
+    /// `log-format`: text (default) or JSON lines (README "Logs").
+    pub log_format: LogFormat,
     /// SO_RCVBUF / SO_SNDBUF for every UDP socket, bytes.
     pub udp_recv_buffer: usize,
     pub udp_send_buffer: usize,
     /// `no-udp`: no UDP listeners (`listen` is empty).
     pub no_udp: bool,
+    /// `proc-user` / `proc-group`: drop privileges to these after binding.
+    pub proc_user: Option<String>,
+    pub proc_group: Option<String>,
+    /// Metrics / admin listeners, drain timeout, test page.
+    pub ops: super::admin::OpsConfig,
     /// `no-tls` (for the summary: why TLS is off).
     no_tls: bool,
     /// Peer rules as text, for [`Config::summary`] (the filter itself is opaque).
@@ -288,6 +334,7 @@ impl fmt::Debug for Config {
             .field("relay_threads", &self.relay_threads)
             .field("log_file", &self.log_file)
             .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
             .finish_non_exhaustive()
     }
 }
@@ -365,6 +412,13 @@ impl Config {
             listeners(&self.tls_listen, "off")
         );
         let _ = writeln!(s, "  TLS:               {tls}");
+        if let Some(r) = &e.rfc5780 {
+            let _ = writeln!(
+                s,
+                "  RFC 5780:          {} and {}, ports {} and {}",
+                r.ips[0], r.ips[1], r.ports[0], r.ports[1]
+            );
+        }
         let _ = writeln!(
             s,
             "  relay IPv4:        {}",
@@ -411,6 +465,7 @@ impl Config {
             quota(e.user_quota),
             quota(e.total_quota)
         );
+        let _ = writeln!(s, "  abuse limits:      {}", abuse::summary(&e.limits));
         let _ = writeln!(s, "  relay threads:     {}", self.relay_threads);
         let _ = writeln!(
             s,
@@ -419,8 +474,9 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  log:               {} to {}",
+            "  log:               {} ({}) to {}",
             self.log_level,
+            self.log_format.as_str(),
             self.log_file
                 .as_ref()
                 .map_or("stdout".to_owned(), |p| p.display().to_string())
@@ -429,6 +485,28 @@ impl Config {
             s,
             "  UDP buffers:       recv {} B, send {} B",
             self.udp_recv_buffer, self.udp_send_buffer
+        );
+        let o = &self.ops;
+        let off = || "off".to_owned();
+        let _ = write!(
+            s,
+            "\n  metrics:           {}\n  admin API:         {}{}\n  drain:             \
+             timeout {}, alternate {}",
+            o.prometheus.map_or_else(off, |a| a.to_string()),
+            o.admin
+                .as_ref()
+                .map_or_else(off, |a| format!("{} (token hidden)", a.listen)),
+            if o.test_page { ", test page /test" } else { "" },
+            secs(o.drain_timeout),
+            if e.alternate_servers.is_empty() {
+                "none (508)".to_owned()
+            } else {
+                e.alternate_servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         );
         s
     }
@@ -455,6 +533,9 @@ pub fn check_config(cli: &Cli) -> ExitCode {
 
 /// Read the file (if `--config` was given), merge the command line over it, validate.
 pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    if let Some(path) = &cli.coturn_config {
+        return load_coturn(cli, path);
+    }
     match &cli.config {
         Some(path) => {
             let text = fs::read_to_string(path).map_err(|e| ConfigError {
@@ -466,6 +547,34 @@ pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
         }
         None => load_from(cli, None),
     }
+}
+
+/// `--coturn-config`: convert (reporting ignored lines on stderr), then load the TOML. Errors
+/// name the coturn file and the key; positions in the generated TOML would mean nothing.
+fn load_coturn(cli: &Cli, path: &Path) -> Result<Config, ConfigError> {
+    let in_file = |key: Option<String>, message: String| ConfigError {
+        origin: Origin::File(path.to_path_buf()),
+        key,
+        message,
+    };
+    if cli.config.is_some() {
+        return Err(in_file(
+            None,
+            "give either --config or --coturn-config, not both".into(),
+        ));
+    }
+    let text = fs::read_to_string(path)
+        .map_err(|e| in_file(None, format!("cannot read the coturn config file: {e}")))?;
+    let conv = super::coturn::convert(&text).map_err(|e| in_file(None, e.to_string()))?;
+    for i in &conv.ignored {
+        eprintln!("ferroturn: {}: {i}", path.display());
+    }
+    load_from(cli, Some((path, &conv.toml))).map_err(|mut e| {
+        if let Origin::FileAt { path, .. } = e.origin {
+            e.origin = Origin::File(path);
+        }
+        e
+    })
 }
 
 /// [`load`] with the file's text already in hand (`path` is only used in messages).
@@ -809,7 +918,75 @@ fn valid_log_level(s: &str) -> bool {
         })
 }
 
+/// `rfc5780` / `alt-listening-port`: RFC 5780 needs an alternate IP and an alternate port
+/// (§4.1), so the first two specific listening IPs of one family, each with UDP listeners on
+/// `listening-port` and `alt-listening-port` (default: listening-port + 1, as coturn).
+#[allow(clippy::too_many_arguments)]
+fn resolve_rfc5780(
+    ctx: &Ctx,
+    (cli_on, file_on): (bool, Option<bool>),
+    alt: Option<(i128, Src)>,
+    listen_ips: &[IpAddr],
+    (listening_port, no_udp): (u16, bool),
+    tls_port: Option<u16>,
+    own_ports: &mut Vec<(u16, Src, &'static str)>,
+    listen: &mut Vec<SocketAddr>,
+) -> Result<Option<Rfc5780>, ConfigError> {
+    let (on, src) = flag(cli_on, file_on);
+    if !on {
+        return Ok(None);
+    }
+    if no_udp {
+        return Err(ctx.err(src, "rfc5780", "NAT discovery needs UDP, but no-udp is set"));
+    }
+    let specific: Vec<IpAddr> = listen_ips
+        .iter()
+        .copied()
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let two: Vec<IpAddr> = match specific.first() {
+        Some(first) => specific
+            .iter()
+            .copied()
+            .filter(|ip| ip.is_ipv4() == first.is_ipv4())
+            .take(2)
+            .collect(),
+        None => Vec::new(),
+    };
+    let [a, b] = two[..] else {
+        return Err(ctx.err(
+            src,
+            "rfc5780",
+            "needs two specific listening-ip addresses of one family (RFC 5780 §4.1: the \
+             server answers from an alternate IP)",
+        ));
+    };
+    let default_alt = listening_port.checked_add(1).ok_or_else(|| {
+        ctx.err(
+            src,
+            "alt-listening-port",
+            "listening-port is 65535; set alt-listening-port",
+        )
+    })?;
+    let (alt, alt_src) = port(ctx, "alt-listening-port", alt, default_alt)?;
+    if alt == listening_port || Some(alt) == tls_port {
+        return Err(ctx.err(
+            alt_src,
+            "alt-listening-port",
+            format!("{alt} must differ from listening-port and tls-listening-port"),
+        ));
+    }
+    own_ports.push((alt, alt_src, "alt-listening-port"));
+    listen.push(SocketAddr::new(a, alt));
+    listen.push(SocketAddr::new(b, alt));
+    Ok(Some(Rfc5780 {
+        ips: [a, b],
+        ports: [listening_port, alt],
+    }))
+}
+
 fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> {
+    let abuse_file = abuse::AbuseFile::from(&fc);
     // --- listening sockets -----------------------------------------------------------------
     let (list, listen_src) = pick_list(&cli.listening_ip, fc.listening_ip);
     let mut listen_ips: Vec<IpAddr> = Vec::new();
@@ -918,9 +1095,19 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             .map(|&ip| SocketAddr::new(ip, port))
             .collect()
     };
-    let listen = on_every_ip(no_udp, listening_port);
+    let mut listen = on_every_ip(no_udp, listening_port);
     let tcp_listen = on_every_ip(no_tcp, listening_port);
     let tls_listen = on_every_ip(tls.is_none(), tls_listening_port);
+    let rfc5780 = resolve_rfc5780(
+        ctx,
+        (cli.rfc5780, fc.rfc5780),
+        pick_num(cli.alt_listening_port, fc.alt_listening_port),
+        &listen_ips,
+        (listening_port, no_udp),
+        tls.is_some().then_some(tls_listening_port),
+        &mut own_ports,
+        &mut listen,
+    )?;
 
     // --- relay and external addresses ------------------------------------------------------
     let (list, relay_src) = pick_list(&cli.relay_ip, fc.relay_ip);
@@ -1301,6 +1488,11 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             s
         }
     };
+    let log_format = match pick(cli.log_format.clone(), fc.log_format) {
+        None => LogFormat::Text,
+        Some((s, src)) => LogFormat::from_str(s.trim())
+            .map_err(|()| ctx.err(src, "log-format", format!("{s:?} is not text or json")))?,
+    };
 
     let buffer_range = (1, i32::MAX as u64);
     let (udp_recv_buffer, _) = int(
@@ -1316,6 +1508,27 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         pick_num(None, fc.udp_send_buffer),
         DEFAULT_UDP_BUFFER as u64,
         buffer_range,
+    )?;
+
+    let abuse = abuse::resolve(ctx, &cli.abuse, &abuse_file, relay_threads)?;
+    let (ops, alternate_servers) = resolve_ops(
+        cli,
+        ctx,
+        OpsFile {
+            prometheus: fc.prometheus,
+            prometheus_port: fc.prometheus_port,
+            prometheus_address: fc.prometheus_address,
+            prometheus_username_labels: fc.prometheus_username_labels,
+            admin_listen: fc.admin_listen,
+            admin_allow_remote: fc.admin_allow_remote,
+            admin_token: fc.admin_token,
+            admin_token_file: fc.admin_token_file,
+            alternate_server: fc.alternate_server,
+            drain_timeout: fc.drain_timeout,
+            test_page: fc.test_page,
+            test_page_urls: fc.test_page_urls,
+        },
+        !auth_secrets.is_empty(),
     )?;
 
     let defaults = EngineConfig::default();
@@ -1338,6 +1551,9 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         total_quota: total_quota as u32,
         legacy_channel_numbers: cli.legacy_channel_numbers
             || fc.legacy_channel_numbers.unwrap_or(false),
+        limits: abuse.limits,
+        rfc5780,
+        alternate_servers,
     };
 
     Ok(Config {
@@ -1350,12 +1566,186 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         relay_threads: relay_threads as usize,
         log_file,
         log_level,
+        log_format,
         udp_recv_buffer: udp_recv_buffer as usize,
         udp_send_buffer: udp_send_buffer as usize,
         no_udp,
+        proc_user: abuse.proc_user,
+        proc_group: abuse.proc_group,
+        ops,
         no_tls,
         peer_rules,
     })
+}
+
+/// The operations keys of the file, moved out of [`FileConfig`] for [`resolve_ops`].
+struct OpsFile {
+    prometheus: Option<bool>,
+    prometheus_port: Option<i64>,
+    prometheus_address: Option<String>,
+    prometheus_username_labels: Option<bool>,
+    admin_listen: Option<String>,
+    admin_allow_remote: Option<bool>,
+    admin_token: Option<String>,
+    admin_token_file: Option<String>,
+    alternate_server: Option<Vec<String>>,
+    drain_timeout: Option<i64>,
+    test_page: Option<bool>,
+    test_page_urls: Option<Vec<String>>,
+}
+
+/// Default port of the metrics listener, as coturn.
+pub const DEFAULT_PROMETHEUS_PORT: u16 = 9641;
+/// Default drain timeout, seconds.
+pub const DEFAULT_DRAIN_TIMEOUT: u64 = 3600;
+
+/// Metrics and admin listeners, drain, test page; and `alternate-server` (for the engine).
+/// Secure defaults: everything off; metrics on loopback; the admin API only on loopback
+/// unless `admin-allow-remote`, and never without a token.
+fn resolve_ops(
+    cli: &Cli,
+    ctx: &Ctx,
+    f: OpsFile,
+    rest_secret: bool,
+) -> Result<(super::admin::OpsConfig, Vec<SocketAddr>), ConfigError> {
+    use super::admin::{AdminConfig, OpsConfig};
+    let (prometheus, _) = flag(cli.prometheus, f.prometheus);
+    let (prom_port, _) = port(
+        ctx,
+        "prometheus-port",
+        pick_num(cli.prometheus_port, f.prometheus_port),
+        DEFAULT_PROMETHEUS_PORT,
+    )?;
+    let prom_ip = match pick(cli.prometheus_address.clone(), f.prometheus_address) {
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some((s, src)) => parse_ip(ctx, src, "prometheus-address", &s)?,
+    };
+    let (username_labels, _) = flag(cli.prometheus_username_labels, f.prometheus_username_labels);
+    let (allow_remote, _) = flag(cli.admin_allow_remote, f.admin_allow_remote);
+    let admin_listen = match pick(cli.admin_listen.clone(), f.admin_listen) {
+        None => None,
+        Some((s, src)) => {
+            let a: SocketAddr = s.trim().parse().map_err(|_| {
+                ctx.err(
+                    src,
+                    "admin-listen",
+                    format!("{s:?} is not an IP:PORT address (e.g. \"127.0.0.1:9642\")"),
+                )
+            })?;
+            if !a.ip().is_loopback() && !allow_remote {
+                return Err(ctx.err(
+                    src,
+                    "admin-listen",
+                    format!(
+                        "{a} is not a loopback address; the admin API can kill sessions, so \
+                         set admin-allow-remote = true to expose it on purpose"
+                    ),
+                ));
+            }
+            Some((a, src))
+        }
+    };
+    let token = match (
+        pick(cli.admin_token.clone(), f.admin_token),
+        pick(
+            cli.admin_token_file.clone(),
+            f.admin_token_file.map(PathBuf::from),
+        ),
+    ) {
+        (Some(_), Some((_, src))) => {
+            return Err(ctx.err(
+                src,
+                "admin-token-file",
+                "set either admin-token or admin-token-file, not both",
+            ))
+        }
+        (Some((t, src)), None) => Some((t.trim().to_owned(), src, "admin-token")),
+        (None, Some((p, src))) => {
+            let text = fs::read_to_string(&p).map_err(|e| {
+                ctx.err(
+                    src,
+                    "admin-token-file",
+                    format!("cannot read {}: {}", p.display(), io_message(&e)),
+                )
+            })?;
+            let t = text.lines().next().unwrap_or("").trim().to_owned();
+            Some((t, src, "admin-token-file"))
+        }
+        (None, None) => None,
+    };
+    let admin = match (admin_listen, token) {
+        (None, _) => None,
+        (Some((_, src)), None) => {
+            return Err(ctx.err(
+                src,
+                "admin-listen",
+                "needs admin-token or admin-token-file (the API is never open without one)",
+            ))
+        }
+        (Some(_), Some((t, src, key))) if t.len() < 16 => {
+            return Err(ctx.err(src, key, "the token must be at least 16 characters"))
+        }
+        (Some((listen, _)), Some((token, _, _))) => Some(AdminConfig { listen, token }),
+    };
+    let mut alternates = Vec::new();
+    let (list, src) = pick_list(&cli.alternate_server, f.alternate_server);
+    for s in &list {
+        let t = s.trim();
+        // coturn's form: IP or IP:PORT, port 3478 by default.
+        let a = t
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| {
+                t.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, DEFAULT_LISTENING_PORT))
+            })
+            .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+            .ok_or_else(|| {
+                ctx.err(
+                    src,
+                    "alternate-server",
+                    format!("{s:?} is not an IP or IP:PORT address"),
+                )
+            })?;
+        alternates.push(a);
+    }
+    let (drain_timeout, _) = int(
+        ctx,
+        "drain-timeout",
+        pick_num(cli.drain_timeout, f.drain_timeout),
+        DEFAULT_DRAIN_TIMEOUT,
+        (1, 7 * 86_400),
+    )?;
+    let (test_page, test_src) = flag(cli.test_page, f.test_page);
+    if test_page {
+        if admin.is_none() {
+            return Err(ctx.err(
+                test_src,
+                "test-page",
+                "is served on the admin listener: set admin-listen and admin-token",
+            ));
+        }
+        if !rest_secret {
+            return Err(ctx.err(
+                test_src,
+                "test-page",
+                "mints TURN REST credentials: set use-auth-secret and static-auth-secret",
+            ));
+        }
+    }
+    let test_page_urls = f.test_page_urls.unwrap_or_default();
+    Ok((
+        OpsConfig {
+            prometheus: prometheus.then_some(SocketAddr::new(prom_ip, prom_port)),
+            admin,
+            drain_timeout: Duration::from_secs(drain_timeout),
+            test_page,
+            test_page_urls,
+            username_labels,
+        },
+        alternates,
+    ))
 }
 
 #[cfg(test)]
@@ -2127,5 +2517,123 @@ mod tests {
         assert_eq!(closest("min_port", &known), Some("min-port"));
         assert_eq!(closest("relm", &known), Some("realm"));
         assert_eq!(closest("fingerprint", &known), None);
+    }
+
+    #[test]
+    fn operations_keys() {
+        // Off by default; metrics on loopback:9641 when switched on.
+        let c = ok(MIN, &[]);
+        assert!(c.ops.prometheus.is_none() && c.ops.admin.is_none() && !c.ops.test_page);
+        assert_eq!(c.ops.drain_timeout, Duration::from_secs(3600));
+        assert!(c.engine.alternate_servers.is_empty());
+        let c = ok(&format!("{MIN}prometheus = true\n"), &[]);
+        assert_eq!(c.ops.prometheus, Some("127.0.0.1:9641".parse().unwrap()));
+        let c = ok(
+            MIN,
+            &[
+                "--prometheus",
+                "--prometheus-port",
+                "9000",
+                "--prometheus-address",
+                "::1",
+            ],
+        );
+        assert_eq!(c.ops.prometheus, Some("[::1]:9000".parse().unwrap()));
+
+        let tok = "admin-token = \"0123456789abcdef\"\n";
+        let c = ok(
+            &format!("{MIN}admin-listen = \"127.0.0.1:9642\"\n{tok}"),
+            &[],
+        );
+        let a = c.ops.admin.as_ref().unwrap();
+        assert_eq!(a.listen, "127.0.0.1:9642".parse().unwrap());
+        assert_eq!(a.token, "0123456789abcdef");
+        assert!(
+            !format!("{:?}", c.ops).contains("0123456789abcdef"),
+            "token hidden"
+        );
+        let sum = c.summary();
+        assert!(!sum.contains("0123456789abcdef"), "{sum}");
+        assert!(
+            sum.contains("admin API:         127.0.0.1:9642 (token hidden)"),
+            "{sum}"
+        );
+        assert!(sum.contains("metrics:           off"), "{sum}");
+        assert!(
+            err(&format!("{MIN}admin-listen = \"0.0.0.0:9642\"\n{tok}"), &[])
+                .contains("key 'admin-listen': 0.0.0.0:9642 is not a loopback address"),
+        );
+        ok(
+            &format!("{MIN}admin-listen = \"0.0.0.0:9642\"\nadmin-allow-remote = true\n{tok}"),
+            &[],
+        );
+        assert!(
+            err(&format!("{MIN}admin-listen = \"127.0.0.1:9642\"\n"), &[])
+                .contains("needs admin-token or admin-token-file")
+        );
+        assert!(err(
+            &format!("{MIN}admin-listen = \"127.0.0.1:9642\"\nadmin-token = \"short\"\n"),
+            &[]
+        )
+        .contains("key 'admin-token': the token must be at least 16 characters"));
+        assert!(
+            err(&format!("{MIN}admin-listen = \"localhost:1\"\n{tok}"), &[])
+                .contains("is not an IP:PORT address")
+        );
+        let dir = std::env::temp_dir().join(format!("ferroturn-token-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        fs::write(&f, "abcdefghijklmnopqrstuvwxyz\nignored\n").unwrap();
+        let c = ok(
+            &format!(
+                "{MIN}admin-listen = \"[::1]:9642\"\nadmin-token-file = \"{}\"\n",
+                f.display()
+            ),
+            &[],
+        );
+        assert_eq!(c.ops.admin.unwrap().token, "abcdefghijklmnopqrstuvwxyz");
+        assert!(err(
+            &format!(
+                "{MIN}admin-listen = \"[::1]:9642\"\nadmin-token-file = \"{}/nope\"\n",
+                dir.display()
+            ),
+            &[]
+        )
+        .contains("key 'admin-token-file': cannot read"));
+        let _ = fs::remove_dir_all(&dir);
+
+        let c = ok(
+            &format!("{MIN}alternate-server = [\"192.0.2.1\", \"[2001:db8::1]:5000\"]\n"),
+            &[],
+        );
+        assert_eq!(
+            c.engine.alternate_servers,
+            [
+                "192.0.2.1:3478".parse().unwrap(),
+                "[2001:db8::1]:5000".parse::<SocketAddr>().unwrap()
+            ]
+        );
+        assert!(err(&format!("{MIN}alternate-server = \"nope\"\n"), &[])
+            .contains("key 'alternate-server': \"nope\" is not an IP or IP:PORT address"));
+        assert!(err(&format!("{MIN}drain-timeout = 0\n"), &[]).contains("key 'drain-timeout'"));
+        assert_eq!(
+            ok(MIN, &["--drain-timeout", "5"]).ops.drain_timeout,
+            Duration::from_secs(5)
+        );
+
+        assert!(err(&format!("{MIN}test-page = true\n"), &[])
+            .contains("key 'test-page': is served on the admin listener"));
+        assert!(err(
+            &format!("{MIN}test-page = true\nadmin-listen = \"127.0.0.1:1\"\n{tok}"),
+            &[]
+        )
+        .contains("set use-auth-secret and static-auth-secret"));
+        ok(
+            &format!(
+                "{MIN}test-page = true\nadmin-listen = \"127.0.0.1:1\"\n{tok}use-auth-secret = true\n\
+                 static-auth-secret = \"s\"\n"
+            ),
+            &[],
+        );
     }
 }

@@ -46,6 +46,8 @@ pub struct Server {
     tls_addrs: Vec<SocketAddr>,
     cert_store: Option<Arc<CertStore>>,
     watcher: Option<CertWatcher>,
+    /// Set once a drain starts (SIGUSR1, admin API); read by /ready and the control loop.
+    draining: Arc<AtomicBool>,
 }
 
 /// Polls the certificate files once a second and reloads them when they change.
@@ -181,6 +183,7 @@ impl Server {
             tls_addrs,
             cert_store,
             watcher,
+            draining: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -223,6 +226,23 @@ impl Server {
             .iter()
             .map(|s| s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect()
+    }
+
+    /// A cloneable handle for the metrics and admin listeners (see [`super::admin`]).
+    pub fn handle(&self) -> super::admin::ServerHandle {
+        super::admin::ServerHandle {
+            shards: self
+                .shards
+                .iter()
+                .map(|s| super::admin::ShardLink {
+                    control: s.control.clone(),
+                    waker: s.waker.clone(),
+                    stats: s.stats.clone(),
+                })
+                .collect(),
+            shared: self.shared.clone(),
+            draining: self.draining.clone(),
+        }
     }
 
     /// Stop every shard (allocations are closed) and wait for the threads.

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::batch::{self, Batch, Out, BATCH};
 use crate::codec::framing::{self, MAX_FRAME};
+use crate::engine::ops::{self, Gauges, Histogram, SessionInfo};
 use crate::engine::{
     ClientAction, Engine, EngineConfig, FiveTuple, RelayCommand, Stats, Transport, PEER_HEADROOM,
 };
@@ -52,6 +53,14 @@ const MAX_STREAM_WBUF: usize = 256 * 1024;
 pub enum Control {
     Reload(Arc<EngineConfig>),
     Shutdown,
+    /// Start (true) or stop draining: new Allocates get 300 / 508.
+    Drain(bool),
+    /// Admin API: this shard's sessions.
+    Sessions(tokio::sync::oneshot::Sender<Vec<SessionInfo>>),
+    /// Admin API: delete the session with this id, if it is here.
+    Kill(u64, tokio::sync::oneshot::Sender<bool>),
+    /// Admin API: delete every session of this user; replies how many.
+    KillUser(String, tokio::sync::oneshot::Sender<usize>),
 }
 
 /// What a shard publishes for metrics and the control thread.
@@ -63,6 +72,25 @@ pub struct ShardStats {
     pub send_errors: u64,
     pub recv_errors: u64,
     pub stream_drops: u64,
+    /// Allocations, permissions and channels by client transport.
+    pub gauges: Gauges,
+    /// Datagrams per recvmmsg call (listeners and relay sockets), bounds [`ops::BATCH_BOUNDS`].
+    pub batch_sizes: Histogram,
+    /// Abuse limits on client TCP/TLS connections (README "Abuse resistance").
+    pub tcp: TcpLimitStats,
+}
+
+/// Client TCP/TLS connections refused or closed by the abuse limits.
+#[derive(Debug, Default, Clone)]
+pub struct TcpLimitStats {
+    /// Closed at accept: the source IP has `max-tcp-connections-per-ip`.
+    pub refused_tcp_per_ip: u64,
+    /// Closed at accept: the shard has its share of `max-pending-tcp-connections`.
+    pub refused_tcp_pending: u64,
+    /// Closed: no TLS handshake + allocation within `tcp-handshake-timeout`.
+    pub closed_tcp_handshake_timeout: u64,
+    /// Connections not allocated yet (gauge).
+    pub pending: usize,
 }
 
 pub struct ShardHandle {
@@ -130,6 +158,11 @@ struct Conn {
     /// ChannelBind on this connection, so a stream that starts with anything else is not a
     /// TURN client (an HTTP "GET" even looks like channel 0x4745) and is closed.
     stun_seen: bool,
+    /// Counted in the shared per-source-IP connection count (client connections only).
+    counted: bool,
+    /// Accepted, but no allocation (or RFC 6062 ConnectionBind) yet: counts against the
+    /// pending limit and the handshake deadline.
+    pending: bool,
 }
 
 struct Shard {
@@ -149,12 +182,17 @@ struct Shard {
     send_errors: u64,
     recv_errors: u64,
     stream_drops: u64,
+    batch_sizes: Histogram,
     opts: SocketOptions,
     /// Stream reads land here first.
     buf: Vec<u8>,
     /// recvmmsg slots for UDP listeners and relay sockets.
     batch: Batch,
     shutdown: bool,
+    /// Abuse limits on client connections: counters, and the handshake deadlines in accept
+    /// order (one timeout for all, so the queue is sorted): (deadline, slot, 5-tuple).
+    tcp: TcpLimitStats,
+    deadlines: std::collections::VecDeque<(Instant, usize, FiveTuple)>,
 }
 
 /// Start a shard thread on already-bound listener sockets.
@@ -201,10 +239,13 @@ pub fn spawn(
         send_errors: 0,
         recv_errors: 0,
         stream_drops: 0,
+        batch_sizes: Histogram::default(),
         opts,
         buf: vec![0u8; MAX_FRAME],
         batch: Batch::new(),
         shutdown: false,
+        tcp: TcpLimitStats::default(),
+        deadlines: std::collections::VecDeque::new(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("ferroturn-shard-{index}"))
@@ -241,6 +282,9 @@ impl Shard {
             if let Some(t) = self.engine.poll_timeout() {
                 deadline = deadline.min(t);
             }
+            if let Some((t, _, _)) = self.deadlines.front() {
+                deadline = deadline.min(*t);
+            }
             let timeout = deadline.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -272,6 +316,7 @@ impl Shard {
                 self.engine.handle_timeout(now);
                 self.flush(now);
             }
+            self.expire_pending(now);
             if now >= next_publish {
                 self.publish();
                 next_publish = now + PUBLISH_EVERY;
@@ -285,11 +330,33 @@ impl Shard {
 
     fn drain_control(&mut self) {
         while let Ok(c) = self.ctl.try_recv() {
+            let now = Instant::now();
             match c {
                 Control::Reload(cfg) => self.engine.set_config(cfg),
                 Control::Shutdown => self.shutdown = true,
+                Control::Drain(on) => self.engine.set_draining(on),
+                Control::Sessions(reply) => {
+                    let _ = reply.send(self.engine.sessions(now));
+                }
+                Control::Kill(id, reply) => {
+                    let found = self.engine.kill_session(now, id);
+                    self.kill_streams(now);
+                    let _ = reply.send(found);
+                }
+                Control::KillUser(user, reply) => {
+                    let n = self.engine.kill_user(now, &user);
+                    self.kill_streams(now);
+                    let _ = reply.send(n);
+                }
             }
         }
+    }
+
+    /// After an admin kill: close the relay sockets of the deleted allocations now. A TCP/TLS
+    /// client connection stays open, so that client learns it from 437 on its next Refresh,
+    /// like a UDP one.
+    fn kill_streams(&mut self, now: Instant) {
+        self.flush(now);
     }
 
     fn publish(&mut self) {
@@ -300,12 +367,68 @@ impl Shard {
         s.send_errors = self.send_errors;
         s.recv_errors = self.recv_errors;
         s.stream_drops = self.stream_drops;
+        s.gauges = self.engine.gauges(Instant::now());
+        s.batch_sizes = self.batch_sizes;
+        s.tcp = self.tcp.clone();
+    }
+
+    /// Abuse limits at accept: per source IP (shared by the shards, touched once per
+    /// connection) and pending connections (this shard's share). False = close it.
+    fn admit_conn(&mut self, client: SocketAddr) -> bool {
+        let l = &self.engine.config().limits;
+        let (per_ip, pending_cap) = (l.tcp_connections_per_ip, l.shard_pending_tcp as usize);
+        if pending_cap != 0 && self.tcp.pending >= pending_cap {
+            self.tcp.refused_tcp_pending += 1;
+            if self.tcp.refused_tcp_pending.is_power_of_two() {
+                info!(event = "refused", reason = "pending_tcp", client = %client, total = self.tcp.refused_tcp_pending, "too many pending TCP/TLS connections");
+            }
+            return false;
+        }
+        if !self.engine.shared().tcp_open(client.ip(), per_ip) {
+            self.tcp.refused_tcp_per_ip += 1;
+            if self.tcp.refused_tcp_per_ip.is_power_of_two() {
+                info!(event = "refused", reason = "tcp_per_ip", client = %client, total = self.tcp.refused_tcp_per_ip, "too many TCP/TLS connections from one IP");
+            }
+            return false;
+        }
+        true
+    }
+
+    /// A pending connection that has allocated (or became an RFC 6062 data connection) is
+    /// pending no more.
+    fn settle_pending(&mut self, ci: usize) {
+        if let Some(Some(c)) = self.conns.get_mut(ci) {
+            if c.pending && (c.partner.is_some() || self.engine.has_allocation(&c.tuple)) {
+                c.pending = false;
+                self.tcp.pending -= 1;
+            }
+        }
+    }
+
+    /// Close connections that did not finish the TLS handshake and allocate in time
+    /// (slowloris, half-open TLS).
+    fn expire_pending(&mut self, now: Instant) {
+        while let Some(&(t, ci, tuple)) = self.deadlines.front() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            self.settle_pending(ci);
+            let late = matches!(self.conns.get(ci), Some(Some(c)) if c.tuple == tuple && c.pending);
+            if late {
+                self.tcp.closed_tcp_handshake_timeout += 1;
+                if self.tcp.closed_tcp_handshake_timeout.is_power_of_two() {
+                    info!(event = "refused", reason = "handshake_timeout", client = %tuple.client, total = self.tcp.closed_tcp_handshake_timeout, "no allocation in time; closing");
+                }
+                self.close_conn(ci, now);
+            }
+        }
     }
 
     fn read_listener(&mut self, li: usize, now: Instant) {
         match self.listeners.get(li) {
             Some(Listener::Udp(..)) => self.read_udp_listener(li, now),
-            Some(Listener::Stream(..)) => self.accept(li),
+            Some(Listener::Stream(..)) => self.accept(li, now),
             None => {}
         }
     }
@@ -330,6 +453,7 @@ impl Shard {
                     return;
                 }
             };
+            self.batch_sizes.observe(ops::BATCH_BOUNDS, n as u64);
             let mut k = 0;
             for i in 0..n {
                 let tuple = FiveTuple {
@@ -385,7 +509,7 @@ impl Shard {
         self.send_errors += unsafe { send_to_peers(&self.relays, outs, via) };
     }
 
-    fn accept(&mut self, li: usize) {
+    fn accept(&mut self, li: usize, now: Instant) {
         for _ in 0..READ_BUDGET {
             let Some(Listener::Stream(l, server, tls)) = self.listeners.get(li) else {
                 return;
@@ -401,7 +525,11 @@ impl Shard {
                 }
             };
             let server = *server;
-            let tls = match tls {
+            let tls = tls.clone();
+            if !self.admit_conn(client) {
+                continue; // dropping `sock` closes it
+            }
+            let tls = match &tls {
                 Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
                     Ok(mut c) => {
                         c.set_buffer_limit(Some(MAX_STREAM_WBUF));
@@ -416,6 +544,7 @@ impl Shard {
             };
             let _ = sock.set_nodelay(true);
             let Some(ci) = self.register_conn(&mut sock) else {
+                self.engine.shared().tcp_closed(client.ip());
                 continue;
             };
             let tuple = FiveTuple {
@@ -439,7 +568,12 @@ impl Shard {
                 peer_of: None,
                 paused: false,
                 stun_seen: false,
+                counted: true,
+                pending: true,
             });
+            self.tcp.pending += 1;
+            let timeout = self.engine.config().limits.tcp_handshake_timeout;
+            self.deadlines.push_back((now + timeout, ci, tuple));
         }
         if let Some(Listener::Stream(l, _, _)) = self.listeners.get_mut(li) {
             let _ =
@@ -615,6 +749,7 @@ impl Shard {
                 self.send_errors += unsafe { send_to_peers(&self.relays, &outs[..k], &via[..k]) };
                 c.rbuf.drain(..off);
                 self.flush(now);
+                self.settle_pending(ci);
                 // A ConnectionBind may just have turned this stream into a splice: what
                 // follows is raw peer data, not TURN framing.
                 if let Some(Some(Conn {
@@ -702,6 +837,12 @@ impl Shard {
         let _ = flush_conn(&mut c);
         let _ = self.poll.registry().deregister(&mut c.sock);
         self.free_conns.push(ci);
+        if c.counted {
+            self.engine.shared().tcp_closed(c.tuple.client.ip());
+        }
+        if c.pending {
+            self.tcp.pending -= 1;
+        }
         if let Some((relay, peer)) = c.peer_of {
             self.engine.on_peer_tcp_closed(relay, peer);
         } else {
@@ -735,6 +876,7 @@ impl Shard {
                     return;
                 }
             };
+            self.batch_sizes.observe(ops::BATCH_BOUNDS, n as u64);
             let mut k = 0;
             // TCP/TLS clients: the batch's messages are queued and written with one write per
             // connection (a relay socket serves one allocation, so usually one write per batch).
@@ -825,7 +967,8 @@ impl Shard {
                         dont_fragment,
                     } => {
                         let r = self.bind_relay(relay, addr, dont_fragment);
-                        self.engine.on_relay_bound(now, relay, r);
+                        // The clock after the bind: the setup-time histogram includes it.
+                        self.engine.on_relay_bound(Instant::now(), relay, r);
                     }
                     RelayCommand::Close { relay } => {
                         if let Some(slot) = self.relays.get_mut(relay as usize) {
@@ -842,7 +985,7 @@ impl Shard {
                     }
                     RelayCommand::BindTcp { relay, addr } => {
                         let r = self.bind_tcp_relay(relay, addr);
-                        self.engine.on_relay_bound(now, relay, r);
+                        self.engine.on_relay_bound(Instant::now(), relay, r);
                     }
                     RelayCommand::Connect {
                         relay,
@@ -1063,6 +1206,8 @@ impl Shard {
             peer_of: Some((relay, peer)),
             paused: false,
             stun_seen: true,
+            counted: false,
+            pending: false,
         });
         if !leftover.is_empty() {
             self.send_stream(pi, &leftover);
