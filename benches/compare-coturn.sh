@@ -149,7 +149,11 @@ class Server:
                    "--min-port", str(MIN_PORT), "--max-port", str(MAX_PORT), "-r", REALM,
                    "-u", f"{USER}:{PASS}", "--allow-loopback-peers", "-m", "1",
                    # turnutils_uclient binds channels below 0x4000 (RFC 5766 range)
-                   "--legacy-channel-numbers"]
+                   "--legacy-channel-numbers",
+                   # every client is 127.0.0.1: lift the per-source abuse limits (coturn has
+                   # none by default) so 10 000 allocations from one address are allowed
+                   "--max-allocations-per-ip", "0", "--max-allocations-per-prefix", "0",
+                   "--max-requests-per-ip", "0", "--max-401-per-ip", "0"]
         if port_open(self.port):
             sys.exit(f"compare-coturn.sh: UDP port {self.port} is already in use")
         self.p = spawn(cmd, SCPU, log)
