@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             error!(error = %e, "cannot start the HTTP listeners");
             return;
         }
-        control_loop(&cli, &server, &ops, &log, cfg.ops.drain_timeout).await
+        control_loop(&cli, &cfg, &server, &ops, &log).await
     });
     notify::notify("STOPPING=1");
     info!(allocations = server.allocation_count(), "shutting down");
@@ -119,13 +119,8 @@ fn main() -> ExitCode {
 /// quotas, log level); an invalid new configuration is logged and the running one kept.
 /// SIGUSR1 (or the admin API) starts a drain: the loop ends, and the process exits 0, once no
 /// allocation is left or after `drain-timeout`.
-async fn control_loop(
-    cli: &Cli,
-    server: &Server,
-    ops: &Ops,
-    log: &LogHandle,
-    drain_timeout: std::time::Duration,
-) {
+async fn control_loop(cli: &Cli, running: &Config, server: &Server, ops: &Ops, log: &LogHandle) {
+    let drain_timeout = running.ops.drain_timeout;
     use tokio::signal::unix::{signal, SignalKind};
     let handle = server.handle();
     let mut drain_started: Option<std::time::Instant> = None;
@@ -184,8 +179,14 @@ async fn control_loop(
                 }
             }
             _ = hup.recv() => match config::load(cli) {
-                Ok(new) => {
+                Ok(mut new) => {
                     notify::notify("RELOADING=1");
+                    let restart = running.restart_required(&new);
+                    if !restart.is_empty() {
+                        warn!(event = "config_restart_required", keys = ?restart, "these keys changed and take effect only after a restart; the rest is reloaded");
+                    }
+                    // The engine answers CHANGE-REQUEST from the listeners it started with.
+                    new.engine.rfc5780 = running.engine.rfc5780;
                     ops.set_config(&new);
                     server.reload(new.engine);
                     if let Err(e) = log.set_level(&new.log_level) {

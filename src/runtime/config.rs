@@ -340,6 +340,70 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// Keys that differ between the running configuration and `new` but only take effect after
+    /// a restart (sockets, threads, log sink, privileges, RFC 5780): SIGHUP reloads the rest and
+    /// names these in a warning. Listed in turnserver.toml.example ("Reload").
+    pub fn restart_required(&self, new: &Config) -> Vec<&'static str> {
+        let admin = |c: &Config| c.ops.admin.as_ref().map(|a| (a.listen, a.token.clone()));
+        let checks = [
+            (
+                "listening-ip / listening-port / no-udp",
+                self.listen != new.listen,
+            ),
+            (
+                "listening-ip / listening-port / no-tcp",
+                self.tcp_listen != new.tcp_listen,
+            ),
+            (
+                "tls-listening-port / no-tls",
+                self.tls_listen != new.tls_listen,
+            ),
+            (
+                "cert / pkey (paths; the files themselves reload)",
+                self.tls != new.tls,
+            ),
+            ("relay-threads", self.relay_threads != new.relay_threads),
+            (
+                "min-port / max-port",
+                (self.engine.min_port, self.engine.max_port)
+                    != (new.engine.min_port, new.engine.max_port),
+            ),
+            ("log-file", self.log_file != new.log_file),
+            ("log-format", self.log_format != new.log_format),
+            (
+                "udp-recv-buffer / udp-send-buffer",
+                (self.udp_recv_buffer, self.udp_send_buffer)
+                    != (new.udp_recv_buffer, new.udp_send_buffer),
+            ),
+            (
+                "proc-user / proc-group",
+                (&self.proc_user, &self.proc_group) != (&new.proc_user, &new.proc_group),
+            ),
+            (
+                "rfc5780 / alt-listening-port",
+                self.engine.rfc5780 != new.engine.rfc5780,
+            ),
+            (
+                "prometheus / prometheus-address / prometheus-port",
+                self.ops.prometheus != new.ops.prometheus,
+            ),
+            ("admin-listen / admin-token", admin(self) != admin(new)),
+            (
+                "drain-timeout",
+                self.ops.drain_timeout != new.ops.drain_timeout,
+            ),
+            (
+                "test-page / test-page-urls",
+                (self.ops.test_page, &self.ops.test_page_urls)
+                    != (new.ops.test_page, &new.ops.test_page_urls),
+            ),
+        ];
+        checks
+            .into_iter()
+            .filter_map(|(k, changed)| changed.then_some(k))
+            .collect()
+    }
+
     /// Multi-line human summary, for `check-config` and the startup log. Never prints a
     /// password, HA1 key or REST secret.
     pub fn summary(&self) -> String {
@@ -2517,6 +2581,32 @@ mod tests {
         assert_eq!(closest("min_port", &known), Some("min-port"));
         assert_eq!(closest("relm", &known), Some("realm"));
         assert_eq!(closest("fingerprint", &known), None);
+    }
+
+    #[test]
+    fn reload_names_the_keys_that_need_a_restart() {
+        let run = ok(MIN, &[]);
+        // Users, quotas, peer rules and the log level reload: nothing to report.
+        let hot = ok(
+            &format!(
+                "{MIN}user-quota = 3\nlog-level = \"debug\"\nallowed-peer-ip = \"10.0.0.1\"\n"
+            ),
+            &[],
+        );
+        assert!(run.restart_required(&hot).is_empty());
+        let cold = ok(
+            &format!("{MIN}listening-port = 3500\nrelay-threads = 3\nmin-port = 50000\n"),
+            &[],
+        );
+        assert_eq!(
+            run.restart_required(&cold),
+            [
+                "listening-ip / listening-port / no-udp",
+                "listening-ip / listening-port / no-tcp",
+                "relay-threads",
+                "min-port / max-port"
+            ]
+        );
     }
 
     #[test]
