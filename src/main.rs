@@ -119,7 +119,13 @@ fn main() -> ExitCode {
 /// quotas, log level); an invalid new configuration is logged and the running one kept.
 /// SIGUSR1 (or the admin API) starts a drain: the loop ends, and the process exits 0, once no
 /// allocation is left or after `drain-timeout`.
-async fn control_loop(cli: &Cli, running: &Config, server: &Server, ops: &Ops, log: &LogHandle) {
+async fn control_loop(
+    cli: &Cli,
+    running: &config::Config,
+    server: &Server,
+    ops: &Ops,
+    log: &LogHandle,
+) {
     let drain_timeout = running.ops.drain_timeout;
     use tokio::signal::unix::{signal, SignalKind};
     let handle = server.handle();
