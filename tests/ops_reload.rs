@@ -228,6 +228,26 @@ fn sighup_reload_while_relaying_loses_nothing() {
         count(&srv, debug_marker) > before,
         "log level debug still in force"
     );
+
+    // Reload 3: valid, but min-port needs a restart: applied otherwise, and the key named.
+    write(&path, &config(&[("alice", "alice-pass")], "debug", 62850));
+    srv.signal(libc::SIGHUP);
+    let line = srv
+        .wait_line(Duration::from_secs(5), |l| {
+            l.contains("\"config_restart_required\"")
+        })
+        .expect("restart-only key named");
+    assert!(line.contains("min-port / max-port"), "{line}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while count(&srv, "\"config_reloaded\"") < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count(&srv, "\"config_reloaded\""), 2, "reload 3 applied");
+    assert_eq!(
+        TurnUdp::new(srv.addr, "carol", "carol-pass", REALM).allocate(),
+        Err(401),
+        "carol, removed by reload 3, gets 401"
+    );
     assert_eq!(srv.stop(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
