@@ -101,18 +101,21 @@ fn json_log_lines_parse_and_carry_the_documented_fields() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    let created = find("allocation_created");
-    assert_eq!(created.len(), 1, "one allocation_created: {lines:?}");
-    let c = &created[0];
+    // The INFO record of an allocation is session_start (allocation_created is DEBUG).
+    let started = find("session_start");
+    assert_eq!(started.len(), 1, "one session_start: {lines:?}");
+    assert!(find("allocation_created").is_empty(), "DEBUG lines at info");
+    let c = &started[0];
+    assert_eq!(c["level"], "INFO");
     assert_eq!(c["user"], "alice");
     assert_eq!(c["client"], client_addr.to_string());
-    assert_eq!(c["transport"], "Udp");
+    assert_eq!(c["transport"], "udp");
     assert!(
         c["relay"].as_str().unwrap().contains(&relayed.to_string()),
         "relay {} names {relayed}",
         c["relay"]
     );
-    assert!(c["lifetime"].as_u64().is_some_and(|l| l > 0));
+    assert!(c["session"].as_str().is_some_and(|s| s.len() == 16));
 
     let failures = find("auth_failure");
     assert!(!failures.is_empty(), "auth_failure logged: {lines:?}");

@@ -256,7 +256,7 @@ e2e lab-chromium-relay-tcp two-browsers --ns-a "${P}c1" --ns-b "${P}c2" \
 e2e lab-chromium-relay-tls two-browsers --ns-a "${P}c1" --ns-b "${P}c2" \
   --ice "$(ice "turns:turn.ferroturn.test:5349?transport=tcp" "$USER_NAME" "$USER_PASS")" --expect relay:tls --bytes "$BYTES" \
   --home "$WORK/home-trust" --resolver-rule "MAP turn.ferroturn.test 10.200.0.10"
-nat_clients=$(grep -Eo 'allocation_created.* client=10\.20[01]\.[0-9.]+' "$WORK/ferroturn-lab.log" | grep -Eo '10\.20[01]\.[0-9]+\.[0-9]+' | sort | uniq -c | tr -s ' ' | tr '\n' ',' || true)
+nat_clients=$(grep -Eo 'session_start.* client=10\.20[01]\.[0-9.]+' "$WORK/ferroturn-lab.log" | grep -Eo '10\.20[01]\.[0-9]+\.[0-9]+' | sort | uniq -c | tr -s ' ' | tr '\n' ',' || true)
 if grep -q 'client=10.200.0.101:' "$WORK/ferroturn-lab.log" && grep -q 'client=10.200.0.102:' "$WORK/ferroturn-lab.log" \
    && ! grep -Eq 'client=10\.201\.' "$WORK/ferroturn-lab.log"; then
   pass "lab-allocations-via-nat: the server saw the browsers only as the NATs' public addresses (allocations:${nat_clients%,})"

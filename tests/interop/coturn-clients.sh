@@ -112,7 +112,7 @@ else bad "wrong password: no auth_failure logged"; fi
 
 kill -0 "$SERVER" 2>/dev/null && pass "server still running" || bad "server died"
 grep -q "panicked" "$OUT/ferroturn.log" "$OUT/ferroturn.stdout" && bad "server log shows a panic"
-echo "allocation log lines: $(grep -c allocation_created "$OUT/ferroturn.log" || true) created, $(grep -c allocation_deleted "$OUT/ferroturn.log" || true) deleted"
+echo "session records: $(grep -c session_start "$OUT/ferroturn.log" || true) started, $(grep -c session_end "$OUT/ferroturn.log" || true) ended"
 if [ "$fail" -ne 0 ]; then echo "coturn client interop: FAILED (logs in $OUT)"; exit 1; fi
 echo "coturn client interop: all passed"
 rm -rf "$OUT"

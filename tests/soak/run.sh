@@ -7,7 +7,7 @@
 #     no relay socket or TCP connection leaks;
 #   - after warm-up (the first third of the run, at least 10 s) RSS stays within
 #     RSS_TOL_KB (default 4096 KiB) of the first post-warm-up sample;
-#   - at the end every "allocation created" log line has its "allocation deleted" (0 leaked
+#   - at the end every session_start log record has its session_end (0 leaked
 #     allocations; permissions and channels live inside allocations).
 # Uses relay ports 63900-63999 (test block 29) and an ephemeral listening port. Bounded: the
 # loop stops at SOAK_SECS, each bench run has its own time limit, and the server is stopped
@@ -87,8 +87,8 @@ while [ $(( $(date +%s) - start )) -lt "$SOAK_SECS" ]; do
 done
 sleep 1.5
 final_fds=$(fds); final_rss=$(rss)
-created=$(grep -c "allocation created" "$work/server.log" || true)
-deleted=$(grep -c "allocation deleted" "$work/server.log" || true)
+created=$(grep -c "session_start" "$work/server.log" || true)
+deleted=$(grep -c "session_end" "$work/server.log" || true)
 kill "$sampler" 2>/dev/null || true; sampler=
 read -r rmin rmax < <(awk -v w="$warm" '$1 >= w {print $2}' "$work/samples" | sort -n | awk 'NR==1{min=$1} {max=$1} END{print min, max}')
 read -r fmax < <(awk '{print $3}' "$work/samples" | sort -n | tail -1)
