@@ -286,6 +286,7 @@ SCEN = [  # key, label, unit, better ("hi"/"lo")
     ("send100", "Send/Data indications 100 B", "relayed/CPU-s", "hi"),
     ("tcp100", "TCP client leg, ChannelData 100 B", "relayed/CPU-s", "hi"),
     ("c2c100", "client-to-client ChannelData 100 B", "relayed/CPU-s", "hi"),
+    ("video", "video-like: ChannelData 1200 B, 8 back to back per client", "relayed/CPU-s", "hi"),
     ("sat", "saturation, c2c, max rate with <= 1 % loss", "msg/s", "hi"),
     ("allocs", "authenticated allocations/s (ferroturn-bench, 64 outstanding)", "allocs/s", "hi"),
     ("allocs_cpu", "allocate+delete per server-CPU-second", "allocs/CPU-s", "hi"),
@@ -311,6 +312,9 @@ try:
             m["send100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--mode", "send"])
             m["tcp100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--transport", "tcp"])
             m["c2c100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--c2c"])
+            # a video frame's packets leave a sender's pacer together: GSO territory
+            m["video"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "-l", "1200",
+                                               "--burst", "8"])
             m["sat"] = saturation(srv)
             if name == "coturn":
                 sat_coturn.append(m["sat"]["value"])

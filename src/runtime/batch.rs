@@ -5,6 +5,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::engine::{PEER_HEADROOM, PEER_TAILROOM};
 
@@ -100,50 +101,178 @@ pub struct Out {
     pub len: usize,
 }
 
-/// Send `msgs` on `fd` with as few `sendmmsg` calls as it takes. Returns how many were not sent
-/// (socket buffer full: dropped, as the network would, and counted by the caller).
+/// UDP generic segmentation offload (Linux >= 4.18, `UDP_SEGMENT`): a run of equal-size
+/// datagrams for one destination leaves as one message, which the stack builds, routes and
+/// queues once and cuts into datagrams at the end (or the NIC does). Off until [`enable_gso`]
+/// finds the kernel supports it; switched off for good if the device cannot do it (EIO).
+static GSO: AtomicBool = AtomicBool::new(false);
+/// Largest segment size GSO is used for; lowered when the kernel says a size exceeds the path
+/// MTU (EINVAL), after which such runs go out datagram by datagram.
+static GSO_MAX_SEG: AtomicUsize = AtomicUsize::new(GSO_SEG_LIMIT);
+/// 1472 = 1500 - 20 - 8: a segment must fit the MTU; larger datagrams are sent one by one.
+const GSO_SEG_LIMIT: usize = 1472;
+/// UDP_MAX_SEGMENTS (linux/udp.h).
+const GSO_MAX_SEGS: usize = 64;
+/// linux/udp.h; defined here because not every libc target exports it.
+const UDP_SEGMENT: libc::c_int = 103;
+const SOL_UDP: libc::c_int = 17;
+/// CMSG_SPACE(sizeof(u16)) on 64-bit Linux: a 16-byte header plus 8-byte aligned data.
+const GSO_CMSG: usize = 24;
+
+/// Turn GSO on when `want` and the kernel knows `UDP_SEGMENT` (probed on a scratch socket).
+/// Returns whether it is on.
+pub fn enable_gso(want: bool) -> bool {
+    let ok = want && gso_supported();
+    GSO.store(ok, Ordering::Relaxed);
+    ok
+}
+
+fn gso_supported() -> bool {
+    // SAFETY: plain socket calls on a socket we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let mut v: libc::c_int = 0;
+        let mut l = size_of::<libc::c_int>() as libc::socklen_t;
+        let r = libc::getsockopt(fd, SOL_UDP, UDP_SEGMENT, &mut v as *mut _ as *mut _, &mut l);
+        libc::close(fd);
+        r == 0
+    }
+}
+
+/// Send `msgs` on `fd` with as few `sendmmsg` calls as it takes; consecutive datagrams for one
+/// destination with the same length (the last may be shorter) go as one GSO message. Returns
+/// how many datagrams were not sent (socket buffer full: dropped, as the network would, and
+/// counted by the caller).
 ///
 /// # Safety
 /// Every `Out` must point at `len` readable bytes that stay alive for the call.
 pub unsafe fn send(fd: RawFd, msgs: &[Out]) -> usize {
+    let max_seg = if GSO.load(Ordering::Relaxed) {
+        GSO_MAX_SEG.load(Ordering::Relaxed)
+    } else {
+        0
+    };
     let mut dropped = 0;
     for chunk in msgs.chunks(BATCH) {
         let mut addrs: [libc::sockaddr_storage; BATCH] = zeroed();
         let mut iov: [libc::iovec; BATCH] = zeroed();
         let mut hdrs: [libc::mmsghdr; BATCH] = zeroed();
-        for (i, m) in chunk.iter().enumerate() {
-            let alen = to_storage(m.to, &mut addrs[i]);
-            iov[i].iov_base = m.ptr as *mut libc::c_void;
-            iov[i].iov_len = m.len;
-            hdrs[i].msg_hdr.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
-            hdrs[i].msg_hdr.msg_namelen = alen;
-            hdrs[i].msg_hdr.msg_iov = &mut iov[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
+        let mut cmsgs: [[u64; GSO_CMSG / 8]; BATCH] = [[0; GSO_CMSG / 8]; BATCH];
+        // message h covers chunk[first[h] .. first[h] + segs[h]]
+        let mut first = [0usize; BATCH];
+        let mut segs = [0usize; BATCH];
+        let (mut h, mut i) = (0, 0);
+        while i < chunk.len() {
+            let m = &chunk[i];
+            // The run: same destination, every datagram but the last exactly m.len long.
+            let mut n = 1;
+            if m.len <= max_seg {
+                let mut bytes = m.len;
+                while i + n < chunk.len()
+                    && n < GSO_MAX_SEGS
+                    && chunk[i + n].to == m.to
+                    && chunk[i + n].len <= m.len
+                    && chunk[i + n].len > 0
+                    && bytes + chunk[i + n].len <= MAX_DATAGRAM
+                {
+                    bytes += chunk[i + n].len;
+                    n += 1;
+                    if chunk[i + n - 1].len < m.len {
+                        break; // a short datagram ends the run
+                    }
+                }
+            }
+            for (j, o) in chunk[i..i + n].iter().enumerate() {
+                iov[i + j].iov_base = o.ptr as *mut libc::c_void;
+                iov[i + j].iov_len = o.len;
+            }
+            let alen = to_storage(m.to, &mut addrs[h]);
+            let hdr = &mut hdrs[h].msg_hdr;
+            hdr.msg_name = &mut addrs[h] as *mut _ as *mut libc::c_void;
+            hdr.msg_namelen = alen;
+            hdr.msg_iov = &mut iov[i];
+            hdr.msg_iovlen = n as _;
+            if n > 1 {
+                let c = cmsgs[h].as_mut_ptr() as *mut libc::cmsghdr;
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, m.len as u16);
+                hdr.msg_control = c as *mut libc::c_void;
+                hdr.msg_controllen = GSO_CMSG as _;
+            }
+            first[h] = i;
+            segs[h] = n;
+            h += 1;
+            i += n;
         }
         let mut done = 0;
-        while done < chunk.len() {
+        while done < h {
             let r = libc::sendmmsg(
                 fd,
                 hdrs.as_mut_ptr().add(done),
-                (chunk.len() - done) as libc::c_uint,
+                (h - done) as libc::c_uint,
                 libc::MSG_DONTWAIT,
             );
-            if r <= 0 {
-                let e = io::Error::last_os_error();
-                if r < 0 && e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if r < 0 && e.kind() != io::ErrorKind::WouldBlock {
-                    // An error for the first message (e.g. EMSGSIZE with DONT-FRAGMENT, or an
-                    // ICMP-reported refusal): skip that one and go on with the rest.
-                    done += 1;
-                    dropped += 1;
-                    continue;
-                }
-                dropped += chunk.len() - done;
-                break;
+            if r > 0 {
+                done += r as usize;
+                continue;
             }
-            done += r as usize;
+            let e = io::Error::last_os_error();
+            if r < 0 && e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            let errno = e.raw_os_error().unwrap_or(0);
+            if r < 0 && segs[done] > 1 && (errno == libc::EIO || errno == libc::EINVAL) {
+                // The GSO message was refused: EIO, the device cannot segment (no checksum
+                // offload), so GSO goes off; EINVAL, the segment exceeds the path MTU, so
+                // sizes from this one up go one by one. Either way resend this run plainly.
+                if errno == libc::EIO {
+                    GSO.store(false, Ordering::Relaxed);
+                } else {
+                    GSO_MAX_SEG.fetch_min(chunk[first[done]].len - 1, Ordering::Relaxed);
+                }
+                dropped += send_plain(fd, &chunk[first[done]..first[done] + segs[done]]);
+                done += 1;
+                continue;
+            }
+            if r < 0 && e.kind() != io::ErrorKind::WouldBlock {
+                // An error for the first message (e.g. EMSGSIZE with DONT-FRAGMENT, or an
+                // ICMP-reported refusal): skip that one and go on with the rest.
+                dropped += segs[done];
+                done += 1;
+                continue;
+            }
+            dropped += segs[done..h].iter().sum::<usize>();
+            break;
+        }
+    }
+    dropped
+}
+
+/// `send` without GSO: one datagram per message.
+unsafe fn send_plain(fd: RawFd, msgs: &[Out]) -> usize {
+    let mut dropped = 0;
+    for m in msgs {
+        let mut addr: libc::sockaddr_storage = zeroed();
+        let alen = to_storage(m.to, &mut addr);
+        loop {
+            let r = libc::sendto(
+                fd,
+                m.ptr as *const libc::c_void,
+                m.len,
+                libc::MSG_DONTWAIT,
+                &addr as *const _ as *const libc::sockaddr,
+                alen,
+            );
+            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            dropped += usize::from(r < 0);
+            break;
         }
     }
     dropped
@@ -231,5 +360,115 @@ mod tests {
             }
             assert_eq!(got, payloads);
         }
+    }
+
+    /// Receive datagrams on `b` until `want` arrived or 5 s passed.
+    fn recv_all(b: &std::net::UdpSocket, want: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut batch = Batch::new();
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < want && std::time::Instant::now() < deadline {
+            let n = batch.recv(b.as_raw_fd(), 0).unwrap();
+            for i in 0..n {
+                got.push((batch.from[i], batch.slot(i)[..batch.len[i]].to_vec()));
+            }
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        got
+    }
+
+    /// Runs of equal-size datagrams to one destination (GSO messages when the kernel has
+    /// UDP_SEGMENT) arrive as the same datagrams, in order, with their own sizes: a short
+    /// last one ends a run, a longer one or another destination starts a new one.
+    #[test]
+    fn gso_runs_arrive_as_the_datagrams_sent() {
+        let on = enable_gso(true);
+        eprintln!("GSO supported: {on}");
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let a = std::net::UdpSocket::bind(bind).unwrap();
+            let b1 = std::net::UdpSocket::bind(bind).unwrap();
+            let b2 = std::net::UdpSocket::bind(bind).unwrap();
+            let (t1, t2) = (b1.local_addr().unwrap(), b2.local_addr().unwrap());
+            // (destination, length): a run of 5 x 1200 + 700, 3 x 100 to b2, 1200 then a
+            // longer 1300 (two runs), 70 x 40 (more than one BATCH chunk), single datagrams.
+            let mut plan: Vec<(SocketAddr, usize)> = Vec::new();
+            plan.extend([(t1, 1200); 5]);
+            plan.push((t1, 700));
+            plan.extend([(t2, 100); 3]);
+            plan.extend([(t1, 1200), (t1, 1300), (t2, 9), (t1, 1)]);
+            plan.extend([(t2, 40); 70]);
+            plan.push((t1, 1472));
+            plan.push((t1, 1473));
+            let payloads: Vec<Vec<u8>> = plan
+                .iter()
+                .enumerate()
+                .map(|(i, &(_, len))| (0..len).map(|k| (i * 7 + k) as u8).collect())
+                .collect();
+            let outs: Vec<Out> = plan
+                .iter()
+                .zip(&payloads)
+                .map(|(&(to, _), p)| Out {
+                    to,
+                    ptr: p.as_ptr(),
+                    len: p.len(),
+                })
+                .collect();
+            // SAFETY: the payloads outlive the call.
+            assert_eq!(unsafe { send(a.as_raw_fd(), &outs) }, 0);
+            for (sock, to) in [(&b1, t1), (&b2, t2)] {
+                let want: Vec<Vec<u8>> = plan
+                    .iter()
+                    .zip(&payloads)
+                    .filter(|((dst, _), _)| *dst == to)
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                let got = recv_all(sock, want.len());
+                assert!(got.iter().all(|(from, _)| *from == a.local_addr().unwrap()));
+                let got: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
+                assert_eq!(got.len(), want.len(), "{bind} -> {to}");
+                assert_eq!(got, want, "{bind} -> {to}");
+            }
+        }
+    }
+
+    /// A GSO message the kernel refuses (here EINVAL: SO_NO_CHECK forbids GSO) is resent
+    /// datagram by datagram, and sizes from that one up are no longer tried with GSO.
+    #[test]
+    fn refused_gso_falls_back_to_single_datagrams() {
+        if !enable_gso(true) {
+            return; // no UDP_SEGMENT: nothing to refuse
+        }
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: a valid fd and an int option.
+        let r = unsafe {
+            libc::setsockopt(
+                a.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                &one as *const _ as *const libc::c_void,
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = b.local_addr().unwrap();
+        // 777 B: a size no other test uses, so the lowered limit is ours to check.
+        let payloads: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 777]).collect();
+        let outs: Vec<Out> = payloads
+            .iter()
+            .map(|p| Out {
+                to,
+                ptr: p.as_ptr(),
+                len: p.len(),
+            })
+            .collect();
+        // SAFETY: the payloads outlive the call.
+        assert_eq!(unsafe { send(a.as_raw_fd(), &outs) }, 0);
+        let got: Vec<Vec<u8>> = recv_all(&b, 6).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(got, payloads);
+        assert!(GSO_MAX_SEG.load(Ordering::Relaxed) < 777);
     }
 }

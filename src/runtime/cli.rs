@@ -123,6 +123,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub legacy_channel_numbers: bool,
 
+    /// Do not use UDP GSO (UDP_SEGMENT) for runs of equal-size datagrams to one destination
+    /// (config: udp-gso = false). For devices that mis-handle it; the kernel's refusals are
+    /// handled without it.
+    #[arg(long, global = true)]
+    pub no_udp_gso: bool,
+
     /// Peer IP, CIDR or coturn range A-B that is always allowed, overriding every deny rule;
     /// repeatable (coturn: --allowed-peer-ip).
     #[arg(long, value_name = "RANGE", global = true)]

@@ -117,6 +117,7 @@ struct FileConfig {
     alt_listening_port: Option<i64>,
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
+    udp_gso: Option<bool>,
     // Abuse limits (config/abuse.rs).
     max_allocations_per_ip: Option<i64>,
     max_allocations_per_prefix: Option<i64>,
@@ -291,6 +292,8 @@ pub struct Config {
     /// SO_RCVBUF / SO_SNDBUF for every UDP socket, bytes.
     pub udp_recv_buffer: usize,
     pub udp_send_buffer: usize,
+    /// `udp-gso`: send runs of equal-size datagrams for one destination as one GSO message.
+    pub udp_gso: bool,
     /// `no-udp`: no UDP listeners (`listen` is empty).
     pub no_udp: bool,
     /// `proc-user` / `proc-group`: drop privileges to these after binding.
@@ -375,6 +378,7 @@ impl Config {
                 (self.udp_recv_buffer, self.udp_send_buffer)
                     != (new.udp_recv_buffer, new.udp_send_buffer),
             ),
+            ("udp-gso", self.udp_gso != new.udp_gso),
             (
                 "proc-user / proc-group",
                 (&self.proc_user, &self.proc_group) != (&new.proc_user, &new.proc_group),
@@ -547,8 +551,10 @@ impl Config {
         );
         let _ = write!(
             s,
-            "  UDP buffers:       recv {} B, send {} B",
-            self.udp_recv_buffer, self.udp_send_buffer
+            "  UDP buffers:       recv {} B, send {} B, GSO {}",
+            self.udp_recv_buffer,
+            self.udp_send_buffer,
+            if self.udp_gso { "on" } else { "off" }
         );
         let o = &self.ops;
         let off = || "off".to_owned();
@@ -1633,6 +1639,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         log_format,
         udp_recv_buffer: udp_recv_buffer as usize,
         udp_send_buffer: udp_send_buffer as usize,
+        udp_gso: !cli.no_udp_gso && fc.udp_gso.unwrap_or(true),
         no_udp,
         proc_user: abuse.proc_user,
         proc_group: abuse.proc_group,

@@ -149,6 +149,9 @@ impl Server {
                 }
             }
         }
+        // Process-wide: every shard's sends read it.
+        let gso = super::batch::enable_gso(cfg.udp_gso);
+        tracing::debug!(gso, "UDP GSO");
         let opts = SocketOptions {
             recv_buffer: cfg.udp_recv_buffer,
             send_buffer: cfg.udp_send_buffer,

@@ -274,6 +274,7 @@ fn stream_listener(
 
 impl Shard {
     fn run(&mut self) {
+        super::logging::buffer_this_thread();
         let mut events = Events::with_capacity(1024);
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         while !self.shutdown {
@@ -286,6 +287,8 @@ impl Shard {
                 deadline = deadline.min(*t);
             }
             let timeout = deadline.saturating_duration_since(now);
+            // This round's log lines, in one write, before waiting.
+            super::logging::flush_thread();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!(error = %e, "epoll failed");

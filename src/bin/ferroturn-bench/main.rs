@@ -149,6 +149,10 @@ struct Args {
     /// 100 k pps about 10 per tick. Smaller = smoother, but more wake-ups (client CPU).
     #[arg(long, default_value_t = 100)]
     tick_us: u64,
+    /// Packets each client sends back to back per turn, like the packets of a video frame
+    /// (1 = evenly interleaved; the rate stays --rate overall). At most 32.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
+    burst: u16,
 
     /// Only measure authenticated allocations per second (Allocate 401 + Allocate), then
     /// delete them (Refresh 0) unless --keep.
@@ -763,6 +767,7 @@ fn run_data(a: &Args, server: SocketAddr, mut clients: Vec<Client>, timeout: Dur
             size: a.size,
             tick: Duration::from_micros(a.tick_us),
             spin: a.spin,
+            burst: usize::from(a.burst),
             share: part.len() as f64 / n_ready as f64,
             lifetime: a.lifetime,
             refresh_every,
@@ -960,6 +965,7 @@ fn run_data(a: &Args, server: SocketAddr, mut clients: Vec<Client>, timeout: Dur
         "server": server.to_string(),
         "peer": peer_addr.map(|p| p.to_string()),
         "size": a.size,
+        "burst": a.burst,
         "threads": shared.len(),
         "allocations_requested": a.allocations,
         "allocations_ok": alloc.allocs_ok,

@@ -155,6 +155,8 @@ pub struct WorkerCfg {
     pub size: usize,
     pub tick: Duration,
     pub spin: bool,
+    /// Packets a client sends back to back per turn (`--burst`).
+    pub burst: usize,
     /// This worker's share of the total rate (its clients / all clients).
     pub share: f64,
     pub lifetime: u32,
@@ -453,6 +455,9 @@ impl Worker {
             if sched < total && n_clients > 0 {
                 if now >= origin {
                     let target = (((now - origin).as_secs_f64() * rate_w) as u64 + 1).min(total);
+                    // --burst: a run of packets is due when its first one is
+                    let b = self.cfg.burst.max(1) as u64;
+                    let target = target.div_ceil(b).saturating_mul(b).min(total);
                     if target > sched {
                         let max_burst = ((rate_w * 0.001) as u64).max(32);
                         let mut n = target - sched;
@@ -517,59 +522,81 @@ impl Worker {
         }
     }
 
-    /// Send `n` packets, round robin over the clients; a client due several packets in one
-    /// burst sends them with one sendmmsg.
+    /// Send `n` packets, round robin over the clients in runs of `--burst` packets per client
+    /// (default 1); a client due several packets in one round sends them with one sendmmsg.
     fn send_burst(&mut self, n: usize, rr: &mut usize, epoch: u32, tx: &mut Batch, t0: Instant) {
         let m = self.clients.len();
-        let per = n / m;
-        let extra = n % m;
-        let touched = if per == 0 { extra } else { m };
-        let mut lens = [0usize; 32];
-        for j in 0..touched {
-            let ci = (*rr + j) % m;
-            let mut cnt = per + usize::from(j < extra);
-            let d = &mut self.clients[ci];
-            if d.dead {
-                self.local.epoch_mut(epoch).send_drops += cnt as u64;
-                continue;
+        let b = self.cfg.burst.max(1);
+        if b == 1 {
+            let per = n / m;
+            let extra = n % m;
+            let touched = if per == 0 { extra } else { m };
+            for j in 0..touched {
+                let cnt = per + usize::from(j < extra);
+                self.send_to_client((*rr + j) % m, cnt, epoch, tx, t0);
             }
-            let udp_fd = match &d.c.conn {
-                Conn::Udp(s) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
-                Conn::Tcp(_) => None,
-            };
-            while cnt > 0 {
-                let now_ns = t0.elapsed().as_nanos() as u64;
-                let (sent, tried) = match udp_fd {
-                    Some(fd) if cnt > 1 => {
-                        let k = cnt.min(tx.capacity());
-                        for (i, l) in lens.iter_mut().enumerate().take(k) {
-                            d.stamp(epoch, now_ns);
-                            let len = d.tmpl.len();
-                            tx.slot_mut(i)[..len].copy_from_slice(&d.tmpl);
-                            *l = len;
-                        }
-                        let sent = tx.send(fd, &lens[..k]).unwrap_or(0);
-                        (sent as u64, k as u64)
-                    }
-                    _ => {
-                        d.stamp(epoch, now_ns);
-                        match d.c.conn.send(&d.tmpl) {
-                            Ok(true) => (1, 1),
-                            Ok(false) => (0, 1),
-                            Err(e) => {
-                                *self.local.errors.entry(format!("send: {e}")).or_default() += 1;
-                                (0, 1)
-                            }
-                        }
-                    }
-                };
-                let es = self.local.epoch_mut(epoch);
-                es.sent += sent;
-                es.send_drops += tried - sent;
-                cnt -= tried as usize;
+            *rr = (*rr + n) % m;
+        } else {
+            // A video frame: b packets back to back from one client, the next client's frame
+            // after it.
+            let groups = n.div_ceil(b);
+            for g in 0..groups {
+                let cnt = b.min(n - g * b);
+                self.send_to_client((*rr + g) % m, cnt, epoch, tx, t0);
             }
+            *rr = (*rr + groups) % m;
         }
-        *rr = (*rr + n) % m;
+    }
+
+    fn send_to_client(
+        &mut self,
+        ci: usize,
+        mut cnt: usize,
+        epoch: u32,
+        tx: &mut Batch,
+        t0: Instant,
+    ) {
+        let mut lens = [0usize; 32];
+        let d = &mut self.clients[ci];
+        if d.dead {
+            self.local.epoch_mut(epoch).send_drops += cnt as u64;
+            return;
+        }
+        let udp_fd = match &d.c.conn {
+            Conn::Udp(s) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
+            Conn::Tcp(_) => None,
+        };
+        while cnt > 0 {
+            let now_ns = t0.elapsed().as_nanos() as u64;
+            let (sent, tried) = match udp_fd {
+                Some(fd) if cnt > 1 => {
+                    let k = cnt.min(tx.capacity());
+                    for (i, l) in lens.iter_mut().enumerate().take(k) {
+                        d.stamp(epoch, now_ns);
+                        let len = d.tmpl.len();
+                        tx.slot_mut(i)[..len].copy_from_slice(&d.tmpl);
+                        *l = len;
+                    }
+                    let sent = tx.send(fd, &lens[..k]).unwrap_or(0);
+                    (sent as u64, k as u64)
+                }
+                _ => {
+                    d.stamp(epoch, now_ns);
+                    match d.c.conn.send(&d.tmpl) {
+                        Ok(true) => (1, 1),
+                        Ok(false) => (0, 1),
+                        Err(e) => {
+                            *self.local.errors.entry(format!("send: {e}")).or_default() += 1;
+                            (0, 1)
+                        }
+                    }
+                }
+            };
+            let es = self.local.epoch_mut(epoch);
+            es.sent += sent;
+            es.send_drops += tried - sent;
+            cnt -= tried as usize;
+        }
     }
 
     /// Receive what is there on client `ci`. False when its stream broke for good.
