@@ -974,16 +974,10 @@ impl Shard {
                         self.engine.on_relay_bound(Instant::now(), relay, r);
                     }
                     RelayCommand::Close { relay } => {
+                        // Dropped without epoll_ctl(DEL): closing the only fd of the socket
+                        // takes it out of the epoll set (one system call fewer per deletion).
                         if let Some(slot) = self.relays.get_mut(relay as usize) {
-                            match slot.take() {
-                                Some(RelaySock::Udp(mut s)) => {
-                                    let _ = self.poll.registry().deregister(&mut s);
-                                }
-                                Some(RelaySock::Tcp(mut s)) => {
-                                    let _ = self.poll.registry().deregister(&mut s);
-                                }
-                                None => {}
-                            }
+                            drop(slot.take());
                         }
                     }
                     RelayCommand::BindTcp { relay, addr } => {
