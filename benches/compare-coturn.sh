@@ -16,7 +16,7 @@
 # (/proc/PID/task/*/schedstat, all threads).
 #
 # Ports (all 127.0.0.1, none of 3478/34878/34879/35478-35480): coturn 36478 (+36479 alt),
-# ferroturn 36480, turnutils_peer 36490-36491, relay ports 10000-31999 (below the ephemeral
+# TLS 36486 (+36487 alt), ferroturn 36480, TLS 36488, turnutils_peer 36490-36491, relay ports 10000-31999 (below the ephemeral
 # range, so 10 000 client sockets cannot take them). Only processes this script started are
 # stopped, by PID (trap on exit).
 set -euo pipefail
@@ -47,7 +47,12 @@ if ! command -v turnserver >/dev/null || ! command -v turnutils_uclient >/dev/nu
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq coturn >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq coturn >/dev/null; }
 fi
-for t in python3 taskset turnserver turnutils_uclient turnutils_peer; do
+if ! command -v openssl >/dev/null; then
+  echo "# installing openssl (test certificates for the TLS scenario)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+fi
+for t in python3 taskset turnserver turnutils_uclient turnutils_peer openssl; do
   command -v "$t" >/dev/null || { echo "compare-coturn.sh: $t not found" >&2; exit 2; }
 done
 if [[ "$BUILD" == 1 ]]; then
@@ -59,6 +64,14 @@ done
 
 OUT=$(mktemp -d /tmp/compare-coturn.XXXXXX)
 echo "# logs: $OUT" >&2
+# TLS scenario: a test CA and a server certificate for 127.0.0.1, both servers use it
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$OUT/ca.key" -out "$OUT/ca.crt" -subj "/CN=compare-coturn CA" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout "$OUT/server.key" -out "$OUT/server.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$OUT/ext.cnf"
+openssl x509 -req -in "$OUT/server.csr" -CA "$OUT/ca.crt" -CAkey "$OUT/ca.key" -CAcreateserial \
+  -days 2 -extfile "$OUT/ext.cnf" -out "$OUT/server.crt" 2>/dev/null
 export ROOT TARGET SERVER_CPU LOAD_CPU RUNS SMOKE JSON_OUT OUT
 exec python3 - <<'PYEOF'
 import json, os, signal, statistics, subprocess, sys, time
@@ -68,6 +81,8 @@ BIN = os.environ["TARGET"] + "/release/"
 SCPU, LCPU = os.environ["SERVER_CPU"], os.environ["LOAD_CPU"]
 RUNS, SMOKE = int(os.environ["RUNS"]), os.environ["SMOKE"] == "1"
 HOST, COTURN_PORT, FERRO_PORT, PEER_PORT = "127.0.0.1", 36478, 36480, 36490
+COTURN_TLS, FERRO_TLS = 36486, 36488
+CERT, KEY, CA = f"{OUT}/server.crt", f"{OUT}/server.key", f"{OUT}/ca.crt"
 MIN_PORT, MAX_PORT = 10000, 31999
 USER, PASS, REALM = "bench", "benchpass", "bench.local"
 DUR = 2 if SMOKE else 5            # seconds of measured traffic per data scenario
@@ -135,17 +150,19 @@ class Server:
     def start(self):
         log = f"{OUT}/{self.name}.log"
         if self.name == "coturn":
-            self.port = COTURN_PORT
+            self.port, self.tls_port = COTURN_PORT, COTURN_TLS
             cmd = ["turnserver", "-n", "--listening-ip", HOST, "--relay-ip", HOST,
                    "--listening-port", str(COTURN_PORT), "--alt-listening-port", str(COTURN_PORT + 1),
                    "--min-port", str(MIN_PORT), "--max-port", str(MAX_PORT), "--lt-cred-mech",
                    "--user", f"{USER}:{PASS}", "--realm", REALM, "--allow-loopback-peers",
-                   "--no-tls", "--no-dtls", "--no-cli", "--no-rfc5780", "--no-software-attribute",
+                   "--cert", CERT, "--pkey", KEY, "--tls-listening-port", str(COTURN_TLS),
+                   "--no-dtls", "--no-cli", "--no-rfc5780", "--no-software-attribute",
                    "--relay-threads", "1", "--userdb", f"{OUT}/turndb",
                    "--log-file", f"{OUT}/turnserver.log", "--simple-log", "--no-stdout-log"]
         else:
-            self.port = FERRO_PORT
-            cmd = [BIN + "ferroturn", "-L", HOST, "-p", str(FERRO_PORT), "--no-tls", "-E", HOST,
+            self.port, self.tls_port = FERRO_PORT, FERRO_TLS
+            cmd = [BIN + "ferroturn", "-L", HOST, "-p", str(FERRO_PORT), "-E", HOST,
+                   "--cert", CERT, "--pkey", KEY, "--tls-listening-port", str(FERRO_TLS),
                    "--min-port", str(MIN_PORT), "--max-port", str(MAX_PORT), "-r", REALM,
                    "-u", f"{USER}:{PASS}", "--allow-loopback-peers", "-m", "1",
                    # turnutils_uclient binds channels below 0x4000 (RFC 5766 range)
@@ -177,10 +194,12 @@ class Server:
         return f"{HOST}:{self.port}"
 
 
-def bench(srv, args, timeout=120):
+def bench(srv, args, timeout=120, tls=False):
     """ferroturn-bench against srv; returns (its JSON, server CPU seconds over the run)."""
-    cmd = ["taskset", "-c", LCPU, BIN + "ferroturn-bench", "-s", srv.addr, "-u", USER, "-w", PASS,
-           "--json", "--quiet"] + args
+    addr = f"{HOST}:{srv.tls_port}" if tls else srv.addr
+    extra = ["--transport", "tls", "--tls-ca", CA] if tls else []
+    cmd = ["taskset", "-c", LCPU, BIN + "ferroturn-bench", "-s", addr, "-u", USER, "-w", PASS,
+           "--json", "--quiet"] + extra + args
     c0 = cpu_s(srv.p.pid)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     c1 = cpu_s(srv.p.pid)
@@ -191,8 +210,8 @@ def bench(srv, args, timeout=120):
                  f"failed: {r.stderr.strip()[-500:]}")
 
 
-def relayed_per_cpu(srv, args):
-    j, cpu = bench(srv, ["--warmup", "0", "--duration", str(DUR)] + args)
+def relayed_per_cpu(srv, args, tls=False):
+    j, cpu = bench(srv, ["--warmup", "0", "--duration", str(DUR)] + args, tls=tls)
     # Datagrams the server forwarded, counted where they arrived: echo, what the peer received
     # plus what came back; c2c, each delivered message crossed the server twice. (Counting
     # what clients sent would credit a server for datagrams it dropped.)
@@ -285,6 +304,7 @@ SCEN = [  # key, label, unit, better ("hi"/"lo")
     ("chan1000", "ChannelData UDP 1000 B", "relayed/CPU-s", "hi"),
     ("send100", "Send/Data indications 100 B", "relayed/CPU-s", "hi"),
     ("tcp100", "TCP client leg, ChannelData 100 B", "relayed/CPU-s", "hi"),
+    ("tls100", "TLS client leg, ChannelData 100 B", "relayed/CPU-s", "hi"),
     ("c2c100", "client-to-client ChannelData 100 B", "relayed/CPU-s", "hi"),
     ("video", "video-like: ChannelData 1200 B, 8 back to back per client", "relayed/CPU-s", "hi"),
     ("sat", "saturation, c2c, max rate with <= 1 % loss", "msg/s", "hi"),
@@ -311,6 +331,7 @@ try:
             m["chan1000"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "-l", "1000"])
             m["send100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--mode", "send"])
             m["tcp100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--transport", "tcp"])
+            m["tls100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE)], tls=True)
             m["c2c100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--c2c"])
             # a video frame's packets leave a sender's pacer together: GSO territory
             m["video"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "-l", "1200",

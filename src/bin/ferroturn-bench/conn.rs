@@ -1,16 +1,25 @@
-//! One client's connection to the TURN server: a connected UDP socket, or a TCP stream with
-//! STUN / ChannelData framing (RFC 8656 §12.5: over a stream, ChannelData is padded to a
-//! multiple of 4 bytes). All sockets are non-blocking; the callers poll.
+//! One client's connection to the TURN server: a connected UDP socket, or a TCP or TLS stream
+//! with STUN / ChannelData framing (RFC 8656 §12.5: over a stream, ChannelData is padded to a
+//! multiple of 4 bytes). All sockets are non-blocking once connected; the callers poll.
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
     Udp,
     Tcp,
+    /// TURN over TLS (`turns:`, RFC 8656 §3.1), TLS 1.2/1.3, ALPN "stun.turn" (RFC 7443).
+    Tls,
 }
+
+/// The TLS client settings for `--transport tls`, set once by main before any connection.
+pub static TLS: OnceLock<(Arc<ClientConfig>, ServerName<'static>)> = OnceLock::new();
 
 /// Bytes buffered for a TCP send before further packets are dropped (counted as local drops).
 const TCP_WBUF_LIMIT: usize = 1 << 20;
@@ -20,8 +29,66 @@ pub enum Conn {
     Tcp(TcpConn),
 }
 
+/// A stream to the server: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+
+    /// TLS records rustls holds that the socket has not taken yet.
+    fn tls_pending(&self) -> bool {
+        matches!(self, Stream::Tls(t) if t.conn.wants_write())
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(b),
+            Stream::Tls(t) => t.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(b),
+            Stream::Tls(t) => t.write(b),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write_vectored(bufs),
+            Stream::Tls(t) => t.write_vectored(bufs),
+        }
+    }
+
+    /// TLS: push rustls's pending records to the socket (WouldBlock if it cannot take them).
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(t) => {
+                while t.conn.wants_write() {
+                    t.conn.write_tls(&mut t.sock)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 pub struct TcpConn {
-    s: TcpStream,
+    s: Stream,
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
@@ -85,7 +152,7 @@ impl Conn {
                 s.set_nonblocking(true)?;
                 Ok(Conn::Udp(s))
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let s = TcpStream::connect_timeout(&server, timeout).map_err(|e| {
                     if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock
                     {
@@ -99,7 +166,12 @@ impl Conn {
                 })?;
                 set_buffers(s.as_raw_fd(), sock_buf);
                 s.set_nodelay(true)?;
-                s.set_nonblocking(true)?;
+                let s = if transport == Transport::Tls {
+                    Stream::Tls(Box::new(tls_handshake(s, server, timeout)?))
+                } else {
+                    Stream::Plain(s)
+                };
+                s.tcp().set_nonblocking(true)?;
                 Ok(Conn::Tcp(TcpConn {
                     s,
                     rbuf: vec![0u8; 128 * 1024],
@@ -115,7 +187,7 @@ impl Conn {
     pub fn fd(&self) -> RawFd {
         match self {
             Conn::Udp(s) => s.as_raw_fd(),
-            Conn::Tcp(t) => t.s.as_raw_fd(),
+            Conn::Tcp(t) => t.s.tcp().as_raw_fd(),
         }
     }
 
@@ -147,7 +219,7 @@ impl Conn {
     pub fn has_pending(&self) -> bool {
         match self {
             Conn::Udp(_) => false,
-            Conn::Tcp(t) => t.wpos < t.wbuf.len(),
+            Conn::Tcp(t) => t.wpos < t.wbuf.len() || t.s.tls_pending(),
         }
     }
 
@@ -237,7 +309,11 @@ impl TcpConn {
         }
         self.wbuf.clear();
         self.wpos = 0;
-        Ok(false)
+        match self.s.flush() {
+            Ok(()) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     fn recv_frames(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<usize> {
@@ -253,7 +329,7 @@ impl TcpConn {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        "server closed the TCP connection",
+                        "server closed the stream",
                     ))
                 }
                 Ok(k) => k,
@@ -272,7 +348,7 @@ impl TcpConn {
                     Err(()) => {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
-                            "TCP stream is not STUN/ChannelData framed",
+                            "stream is not STUN/ChannelData framed",
                         ))
                     }
                 }
@@ -286,6 +362,38 @@ impl TcpConn {
             }
         }
     }
+}
+
+/// The TLS handshake, blocking (bounded by `timeout`), before the socket turns non-blocking.
+fn tls_handshake(
+    s: TcpStream,
+    server: SocketAddr,
+    timeout: Duration,
+) -> io::Result<StreamOwned<ClientConnection, TcpStream>> {
+    let (cfg, name) = TLS
+        .get()
+        .ok_or_else(|| io::Error::other("TLS is not configured"))?;
+    let mut conn = ClientConnection::new(cfg.clone(), name.clone())
+        .map_err(|e| io::Error::other(format!("TLS to {server}: {e}")))?;
+    let mut s = s;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut s).map_err(|e| {
+            let what = if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                format!("no answer within {timeout:?}")
+            } else {
+                e.to_string()
+            };
+            io::Error::new(e.kind(), format!("TLS handshake with {server}: {what}"))
+        })?;
+    }
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    Ok(StreamOwned::new(conn, s))
 }
 
 #[cfg(test)]

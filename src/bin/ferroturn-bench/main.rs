@@ -24,6 +24,7 @@ mod hist;
 mod mmsg;
 mod peer;
 mod proto;
+mod tls;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -92,9 +93,20 @@ struct Args {
     /// Data framing.
     #[arg(long, value_enum, default_value_t = Mode::Channel)]
     mode: Mode,
-    /// Client-to-server transport (TCP: STUN/ChannelData framed on a stream, RFC 8656 §12.5).
+    /// Client-to-server transport (TCP and TLS: STUN/ChannelData framed on a stream, RFC 8656
+    /// §12.5). The default port is 5349 for tls, else 3478.
     #[arg(long, value_enum, default_value_t = Transport::Udp)]
     transport: Transport,
+    /// --transport tls: trust the CA certificates in this PEM file [default: the system bundle].
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// --transport tls: accept any server certificate (handshake signatures are still checked).
+    #[arg(long)]
+    tls_insecure: bool,
+    /// --transport tls: the name to check the certificate against (and send as SNI)
+    /// [default: the host of --server].
+    #[arg(long, value_name = "NAME")]
+    tls_name: Option<String>,
     /// Payload bytes per packet (at least 24: sender, epoch, sequence, timestamp).
     #[arg(long, short = 'l', default_value_t = 100)]
     size: usize,
@@ -219,6 +231,20 @@ fn raise_fd_limit() {
     }
 }
 
+/// The host part of a `--server` value (`h`, `h:p`, `1.2.3.4:p`, `[v6]:p`, bare `v6`).
+fn host_of(s: &str) -> String {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return a.ip().to_string();
+    }
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return s.to_string();
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h.to_string(),
+        _ => s.to_string(),
+    }
+}
+
 fn resolve(s: &str, default_port: u16) -> Result<SocketAddr, String> {
     let with_port = if s.parse::<SocketAddr>().is_ok()
         || s.rsplit_once(':').is_some_and(|(h, p)| {
@@ -291,10 +317,27 @@ fn main() -> ExitCode {
     if a.threads == 0 || a.allocations == 0 {
         return fail("--threads and --allocations must be at least 1");
     }
-    let server = match resolve(a.server.as_deref().unwrap_or_default(), 3478) {
+    let default_port = if a.transport == Transport::Tls {
+        5349
+    } else {
+        3478
+    };
+    let server_arg = a.server.as_deref().unwrap_or_default();
+    let server = match resolve(server_arg, default_port) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if a.transport == Transport::Tls {
+        let host = host_of(server_arg);
+        if let Err(e) = tls::setup(
+            &host,
+            a.tls_ca.as_deref(),
+            a.tls_insecure,
+            a.tls_name.as_deref(),
+        ) {
+            return fail(e);
+        }
+    }
     let (user, pass) = match credentials(&a) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -1098,6 +1141,15 @@ fn print_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_forms() {
+        assert_eq!(host_of("127.0.0.1:5349"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:5349"), "::1");
+        assert_eq!(host_of("::1"), "::1");
+        assert_eq!(host_of("turn.example.com:443"), "turn.example.com");
+        assert_eq!(host_of("turn.example.com"), "turn.example.com");
+    }
 
     #[test]
     fn resolve_forms() {
