@@ -97,11 +97,14 @@ fn accept(l: &TcpListener) -> TcpStream {
 
 /// EOF or reset within CLOSE_WITHIN (no data may arrive first). Panics naming `what` otherwise.
 fn assert_closed(s: &mut TcpStream, what: &str) {
+    let t = Instant::now();
     s.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
     let mut b = [0u8; 64];
     match s.read(&mut b) {
-        Ok(0) => {}
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Ok(0) => println!("{what}: closed after {:?}", t.elapsed()),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+            println!("{what}: reset after {:?}", t.elapsed())
+        }
         Ok(n) => panic!("{what}: {n} unexpected bytes instead of EOF"),
         Err(e) => panic!("{what}: still open {CLOSE_WITHIN:?} after the deletion ({e})"),
     }
