@@ -866,11 +866,7 @@ impl Shard {
         }
         if let Some((owner, id)) = c.peer_of {
             self.spliced.remove(&id);
-            if owner == self.index {
-                self.engine.on_peer_tcp_closed(id);
-            } else {
-                self.tell(owner, Control::PeerClosed(id));
-            }
+            self.peer_gone(owner, id);
         } else {
             self.conn_by_tuple.remove(&c.tuple);
             // RFC 8656 §3.1 / §7: an allocation made over a TCP or TLS connection ends with it.
@@ -1205,11 +1201,13 @@ impl Shard {
             return self.close_conn(ci, now);
         };
         if std.set_nonblocking(true).is_err() {
+            self.peer_gone(owner, conn_id);
             return self.close_conn(ci, now);
         }
         let server = std.local_addr().unwrap_or(tuple.server);
         let mut sock = TcpStream::from_std(std);
         let Some(pi) = self.register_conn(&mut sock) else {
+            self.peer_gone(owner, conn_id);
             return self.close_conn(ci, now);
         };
         // Bytes the client sent after its ConnectionBind already belong to the peer.
@@ -1278,6 +1276,15 @@ impl Shard {
                     self.tell(i, Control::CloseConnections(elsewhere.clone()));
                 }
             }
+        }
+    }
+
+    /// The peer connection `id` of shard `owner`'s allocation is closed: tell that engine.
+    fn peer_gone(&mut self, owner: usize, id: u32) {
+        if owner == self.index {
+            self.engine.on_peer_tcp_closed(id);
+        } else {
+            self.tell(owner, Control::PeerClosed(id));
         }
     }
 
