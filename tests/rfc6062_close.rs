@@ -400,3 +400,46 @@ fn two_shards_data_connections_on_either_shard_are_closed() {
     println!("fds: idle {idle}, after {n} ({held} of the test's), {spliced} splices");
     assert_eq!(n, idle + held, "server descriptors left behind");
 }
+
+#[test]
+fn two_shards_peer_closing_frees_the_peer_for_a_new_connect() {
+    // §5.2: 446 only while a connection to the peer exists. When the splice ends on the other
+    // shard than the allocation's, that shard must tell the allocation's: otherwise the peer
+    // stays counted and every later Connect to it gets 446.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(2);
+    let addr = srv.server().tcp_addrs()[0];
+    let peer_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = peer_l.local_addr().unwrap();
+    let mut control = Client::new(addr);
+    control.allocate_tcp();
+    // Each data connection lands on either shard (probability 1/2 each): 10 rounds.
+    for round in 0..10u8 {
+        // The news of the previous splice's end may take a moment to reach the allocation's
+        // shard (446), and the relay's old socket of the same address pair a moment to leave
+        // LAST_ACK (the new handshake fails: 447): both are retried for at most CLOSE_WITHIN.
+        let start = Instant::now();
+        let id = loop {
+            let r = control.request(method::CONNECT, |w| {
+                w.xor_addr(attr::XOR_PEER_ADDRESS, p);
+            });
+            match r {
+                Ok(r) => {
+                    let m = Message::parse(&r).unwrap();
+                    break decode_u32(m.get(attr::CONNECTION_ID).unwrap()).unwrap();
+                }
+                Err(446 | 447) if start.elapsed() < CLOSE_WITHIN => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(code) => panic!("round {round}: Connect to {p} got {code}"),
+            }
+        };
+        let mut peer = accept(&peer_l);
+        let mut data = Client::data_connection(addr, id).expect("ConnectionBind");
+        exchange(&mut data, &mut peer, round);
+        // The peer closes first (its side keeps TIME_WAIT, so the relay can connect again
+        // from the same address), and the splice ends.
+        drop(peer);
+        assert_closed(&mut data, "client data connection after the peer closed");
+    }
+}
