@@ -4,7 +4,8 @@
 //! EOF within 2 s; an unbound peer connection (ConnectionAttempt sent, no ConnectionBind) is
 //! closed too; with two shards, data connections spliced on the other shard than the control
 //! connection are closed as well. Afterwards the server holds no more file descriptors than
-//! before (plus the control connection when it is still open).
+//! before (plus the control connection when it is still open). And a splice that ends on the
+//! other shard frees its peer for a new Connect (no lasting 446).
 //!
 //! The tests share one relay port block and count the process's descriptors, so they run one
 //! at a time.
