@@ -225,12 +225,15 @@ impl Driver {
         self.pump();
     }
 
-    /// A TCP peer connects to (`close` false) or leaves (`close` true) relay `relay`.
+    /// A TCP peer connects to relay `relay` (`close` false), or a known connection (picked by
+    /// `peer_ix`) closes (`close` true).
     pub fn peer_tcp(&mut self, relay: u8, peer_ix: u8, close: bool) {
         let relay = self.pick_relay(relay);
         let p = peer(peer_ix);
         if close {
-            self.e.on_peer_tcp_closed(relay, p);
+            let n = self.conn_ids.len().max(1);
+            let id = self.conn_ids.get(peer_ix as usize % n).copied();
+            self.e.on_peer_tcp_closed(id.unwrap_or(u32::from(peer_ix)));
         } else if let Some(id) = self.e.on_peer_tcp_accepted(self.now, relay, p) {
             assert!(
                 self.relays.get(&relay).is_some_and(|r| r.1),
@@ -588,6 +591,14 @@ impl Driver {
                 assert_ne!(tuple.transport, Transport::Udp, "splice on a stream");
             }
             RelayCommand::DropPeer { .. } => {}
+            RelayCommand::CloseConnections { mut conn_ids } => {
+                // RFC 6062 §5.5: one command per deleted allocation, each connection once.
+                assert!(!conn_ids.is_empty(), "no empty close command");
+                conn_ids.sort_unstable();
+                let n = conn_ids.len();
+                conn_ids.dedup();
+                assert_eq!(conn_ids.len(), n, "a connection named twice");
+            }
         }
     }
 

@@ -83,8 +83,9 @@ pub struct Allocation {
     pub to_client_bytes: u64,
     /// RFC 6062 TCP allocation: the relayed address is a TCP listener.
     pub tcp: bool,
-    /// TCP allocations: peers with a connection (pending bind or spliced), for 446.
-    pub tcp_peers: Vec<SocketAddr>,
+    /// TCP allocations: peers with a connection (pending bind or spliced), for 446, with the
+    /// CONNECTION-ID of each (closed with the allocation, RFC 6062 §5.5).
+    pub tcp_peers: Vec<(SocketAddr, u32)>,
     /// `max-bps` buckets: client → peer, peer → client (coturn treats them separately).
     pub bw: [super::limits::ByteBucket; 2],
     /// Random id in logs (`session_start` / `session_end`) and the admin API.

@@ -139,6 +139,10 @@ pub enum RelayCommand {
     Splice { tuple: FiveTuple, conn_id: u32 },
     /// Close the peer connection `conn_id` (never bound, or its Connect timed out).
     DropPeer { conn_id: u32 },
+    /// RFC 6062 §5.5: the TCP allocation that owned these connections is gone. Close each peer
+    /// connection (connecting, waiting for ConnectionBind, or spliced) and, when spliced, its
+    /// client data connection too, on whichever shard holds it.
+    CloseConnections { conn_ids: Vec<u32> },
 }
 
 /// The result of a client datagram on the data path.
@@ -274,6 +278,9 @@ pub struct Engine {
     pending_connects: HashMap<u32, tcp_relay::PendingConnect>,
     /// RFC 6062 connection deadlines (Connect completion, ConnectionBind wait).
     conn_timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// RFC 6062: CONNECTION-ID → allocation index of every open peer connection of this
+    /// engine's TCP allocations (ids are unique across shards, so a miss means "not mine").
+    tcp_conns: HashMap<u32, u32>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<RelayCommand>,
     base: (Instant, u64),
@@ -322,6 +329,7 @@ impl Engine {
             txn: TxnCache::new(4096),
             pending_connects: HashMap::new(),
             conn_timers: BinaryHeap::new(),
+            tcp_conns: HashMap::new(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             base: (now, unix_now),
@@ -1641,6 +1649,9 @@ impl Engine {
         self.by_tuple.remove(&a.tuple);
         for r in a.relays.iter().flatten() {
             self.close_relay(r);
+        }
+        if a.tcp {
+            self.close_tcp_connections(now, idx, &a);
         }
         self.shared.release_quota(&a.username, a.tuple.client.ip());
         self.stats.allocations_deleted += 1;

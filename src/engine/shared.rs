@@ -223,6 +223,14 @@ impl Shared {
         }
     }
 
+    /// Its allocation is gone: an unclaimed connection can no longer be bound (RFC 6062 §5.5).
+    pub fn forget_connection(&self, id: u32) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
     /// Drop an unclaimed connection whose time is up; true if it was still waiting.
     pub fn expire_connection(&self, id: u32, now: Instant) -> bool {
         let mut m = self.connections.lock().unwrap_or_else(|e| e.into_inner());

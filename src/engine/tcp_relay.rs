@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use super::allocation::Allocation;
 use super::auth::Authenticated;
 use super::{Engine, FiveTuple, RelayCommand, RelayId, RelaySlot, Req, Transport};
 use crate::codec::stun::{self, attr, method, Class, Message, Writer};
@@ -66,7 +67,7 @@ impl Engine {
             .any(|p| p.alloc == idx && p.peer == peer)
             || self.allocs[idx as usize]
                 .as_ref()
-                .is_some_and(|a| a.tcp_peers.contains(&peer));
+                .is_some_and(|a| a.tcp_peers.iter().any(|(p, _)| *p == peer));
         if busy {
             return self.error(now, req, Some(&auth), 446, "", true);
         }
@@ -108,7 +109,8 @@ impl Engine {
                     self.commands.push_back(RelayCommand::DropPeer { conn_id });
                     return;
                 };
-                a.tcp_peers.push(p.peer);
+                a.tcp_peers.push((p.peer, conn_id));
+                self.tcp_conns.insert(conn_id, p.alloc);
                 a.add_permission(p.peer.ip(), now, self.cfg.limits.max_permissions);
                 self.shared.register_connection(
                     conn_id,
@@ -150,13 +152,17 @@ impl Engine {
         };
         let idx = *idx;
         let a = self.allocs[idx as usize].as_mut()?;
-        if !a.tcp || !a.has_permission(peer.ip(), now) || a.tcp_peers.contains(&peer) {
+        if !a.tcp
+            || !a.has_permission(peer.ip(), now)
+            || a.tcp_peers.iter().any(|(p, _)| *p == peer)
+        {
             self.stats.dropped_no_permission += 1;
             return None;
         }
-        a.tcp_peers.push(peer);
-        let (tuple, username) = (a.tuple, a.username.clone());
         let conn_id = self.shared.next_connection_id();
+        a.tcp_peers.push((peer, conn_id));
+        let (tuple, username) = (a.tuple, a.username.clone());
+        self.tcp_conns.insert(conn_id, idx);
         self.shared
             .register_connection(conn_id, &username, now + CONNECTION_TIMEOUT);
         self.conn_timers
@@ -232,18 +238,56 @@ impl Engine {
                 continue;
             }
             if self.shared.expire_connection(id, now) {
+                self.forget_tcp_connection(id);
                 self.commands
                     .push_back(RelayCommand::DropPeer { conn_id: id });
             }
         }
     }
 
-    /// A TCP allocation's connection to `peer` is gone (either side closed).
-    pub fn on_peer_tcp_closed(&mut self, relay: RelayId, peer: SocketAddr) {
-        if let Some(RelaySlot::Active(idx)) = self.relays.get(relay as usize) {
-            if let Some(a) = self.allocs[*idx as usize].as_mut() {
-                a.tcp_peers.retain(|p| *p != peer);
+    /// The peer connection `conn_id` is gone (either side of its splice closed). Ids are unique
+    /// across shards, so an id of another shard's allocation is simply not found here.
+    pub fn on_peer_tcp_closed(&mut self, conn_id: u32) {
+        self.forget_tcp_connection(conn_id);
+    }
+
+    /// The allocation no longer counts `conn_id` (a new Connect to that peer is allowed again).
+    fn forget_tcp_connection(&mut self, conn_id: u32) {
+        if let Some(idx) = self.tcp_conns.remove(&conn_id) {
+            if let Some(a) = self.allocs[idx as usize].as_mut() {
+                a.tcp_peers.retain(|&(_, id)| id != conn_id);
             }
+        }
+    }
+
+    /// RFC 6062 §5.5: the connections of a TCP allocation end with it (deleted by Refresh 0,
+    /// expiry, its control connection closing (RFC 8656 §3.1), an admin kill or shutdown).
+    /// Connects still in their handshake get 447 (§5.2) and are abandoned; unbound connections
+    /// leave the shared table, so a late ConnectionBind gets 400; the runtime closes every
+    /// socket, both halves of each splice, on whichever shard holds it.
+    pub(super) fn close_tcp_connections(&mut self, now: Instant, idx: u32, a: &Allocation) {
+        let mut conn_ids: Vec<u32> = Vec::with_capacity(a.tcp_peers.len());
+        for &(_, id) in &a.tcp_peers {
+            self.tcp_conns.remove(&id);
+            self.shared.forget_connection(id);
+            conn_ids.push(id);
+        }
+        let pending: Vec<u32> = self
+            .pending_connects
+            .iter()
+            .filter(|(_, p)| p.alloc == idx)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in pending {
+            if let Some(p) = self.pending_connects.remove(&id) {
+                let req = p.req;
+                self.error(now, &req, Some(&p.auth), 447, "allocation deleted", true);
+                conn_ids.push(id);
+            }
+        }
+        if !conn_ids.is_empty() {
+            self.commands
+                .push_back(RelayCommand::CloseConnections { conn_ids });
         }
     }
 }

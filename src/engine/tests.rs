@@ -442,7 +442,8 @@ impl Harness {
                 RelayCommand::BindTcp { relay, addr } => self.answer_bind(relay, addr),
                 c @ (RelayCommand::Connect { .. }
                 | RelayCommand::Splice { .. }
-                | RelayCommand::DropPeer { .. }) => self.peer_cmds.push(c),
+                | RelayCommand::DropPeer { .. }
+                | RelayCommand::CloseConnections { .. }) => self.peer_cmds.push(c),
             }
         }
     }
@@ -3591,3 +3592,5 @@ fn tcp_connection_attempt_bind_and_expiry() {
 mod abuse;
 /// Drain, kill, session records and operations counters.
 mod ops_tests;
+/// RFC 6062 connections closed with their allocation.
+mod tcp_close;

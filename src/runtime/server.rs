@@ -162,6 +162,7 @@ impl Server {
             .unwrap_or_default()
             .as_secs();
         let peer_streams: shard::PeerStreams = Default::default();
+        let mailboxes: shard::Mailboxes = Default::default();
         let mut shards = Vec::with_capacity(n);
         for (i, listeners) in per_shard.into_iter().enumerate() {
             let engine = Engine::new(
@@ -172,10 +173,24 @@ impl Server {
                 random_u64(),
             );
             shards.push(
-                shard::spawn(i, engine, listeners, opts, peer_streams.clone())
-                    .map_err(StartError::Io)?,
+                shard::spawn(
+                    i,
+                    engine,
+                    listeners,
+                    opts,
+                    peer_streams.clone(),
+                    mailboxes.clone(),
+                )
+                .map_err(StartError::Io)?,
             );
         }
+        // Until this is set (just after the start) a deletion reaches only its own shard.
+        let _ = mailboxes.set(
+            shards
+                .iter()
+                .map(|h| (h.control.clone(), h.waker.clone()))
+                .collect(),
+        );
         let cert_store = tls.map(|(store, _)| store);
         let watcher = cert_store.clone().map(spawn_cert_watcher);
         Ok(Server {

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -61,7 +61,16 @@ pub enum Control {
     Kill(u64, tokio::sync::oneshot::Sender<bool>),
     /// Admin API: delete every session of this user; replies how many.
     KillUser(String, tokio::sync::oneshot::Sender<usize>),
+    /// RFC 6062 §5.5: another shard deleted the TCP allocation of these connections; close the
+    /// splices of theirs that landed here.
+    CloseConnections(Vec<u32>),
+    /// RFC 6062: a splice of a peer connection of this shard's allocation ended elsewhere.
+    PeerClosed(u32),
 }
+
+/// Every shard's control channel, set once all shards run: RFC 6062 connections of one shard's
+/// allocation may be spliced on another (one message per allocation deletion, never per byte).
+pub type Mailboxes = Arc<OnceLock<Vec<(mpsc::Sender<Control>, Arc<Waker>)>>>;
 
 /// What a shard publishes for metrics and the control thread.
 #[derive(Debug, Default, Clone)]
@@ -124,8 +133,9 @@ pub enum ListenSocket {
 
 /// RFC 6062 peer connections between ConnectionAttempt/Connect and ConnectionBind, shared by
 /// all shards (the data connection lands wherever the kernel's hash puts it). Touched once per
-/// connection, never per packet. Value: (stream, relay id, peer address).
-pub type PeerStreams = Arc<Mutex<HashMap<u32, (std::net::TcpStream, u32, SocketAddr)>>>;
+/// connection, never per packet. Value: (stream, index of the shard whose allocation owns it,
+/// peer address).
+pub type PeerStreams = Arc<Mutex<HashMap<u32, (std::net::TcpStream, usize, SocketAddr)>>>;
 
 /// A relayed transport address: UDP (RFC 8656) or a TCP listener (RFC 6062).
 enum RelaySock {
@@ -150,8 +160,9 @@ struct Conn {
     writable_interest: bool,
     /// RFC 6062 splice: the connection whose bytes this one's are piped to and from.
     partner: Option<usize>,
-    /// Set on the peer side of a splice: (relay id, peer address).
-    peer_of: Option<(u32, SocketAddr)>,
+    /// Set on the peer side of a splice: (index of the shard owning the allocation,
+    /// CONNECTION-ID).
+    peer_of: Option<(usize, u32)>,
     /// Reading paused until the partner drains its send buffer (backpressure).
     paused: bool,
     /// A STUN message has been seen. ChannelData needs a channel bound by an earlier
@@ -177,6 +188,10 @@ struct Shard {
     connecting: HashMap<u32, (TcpStream, u32, SocketAddr)>,
     /// RFC 6062: peer connections waiting for a ConnectionBind, which may arrive on any shard.
     peer_streams: PeerStreams,
+    /// RFC 6062: spliced peer connections on this shard: CONNECTION-ID → slot.
+    spliced: HashMap<u32, usize>,
+    index: usize,
+    mailboxes: Mailboxes,
     ctl: mpsc::Receiver<Control>,
     stats: Arc<Mutex<ShardStats>>,
     send_errors: u64,
@@ -202,6 +217,7 @@ pub fn spawn(
     listeners: Vec<ListenSocket>,
     opts: SocketOptions,
     peer_streams: PeerStreams,
+    mailboxes: Mailboxes,
 ) -> io::Result<ShardHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -234,6 +250,9 @@ pub fn spawn(
         relays: Vec::new(),
         connecting: HashMap::new(),
         peer_streams,
+        spliced: HashMap::new(),
+        index,
+        mailboxes,
         ctl: rx,
         stats: stats.clone(),
         send_errors: 0,
@@ -351,6 +370,8 @@ impl Shard {
                     self.kill_streams(now);
                     let _ = reply.send(n);
                 }
+                Control::CloseConnections(ids) => self.close_connections(ids, false, now),
+                Control::PeerClosed(id) => self.engine.on_peer_tcp_closed(id),
             }
         }
     }
@@ -846,8 +867,9 @@ impl Shard {
         if c.pending {
             self.tcp.pending -= 1;
         }
-        if let Some((relay, peer)) = c.peer_of {
-            self.engine.on_peer_tcp_closed(relay, peer);
+        if let Some((owner, id)) = c.peer_of {
+            self.spliced.remove(&id);
+            self.peer_gone(owner, id);
         } else {
             self.conn_by_tuple.remove(&c.tuple);
             // RFC 8656 §3.1 / §7: an allocation made over a TCP or TLS connection ends with it.
@@ -994,6 +1016,9 @@ impl Shard {
                         }
                     }
                     RelayCommand::Splice { tuple, conn_id } => self.splice(tuple, conn_id, now),
+                    RelayCommand::CloseConnections { conn_ids } => {
+                        self.close_connections(conn_ids, true, now)
+                    }
                     RelayCommand::DropPeer { conn_id } => {
                         if let Some((mut s, _, _)) = self.connecting.remove(&conn_id) {
                             let _ = self.poll.registry().deregister(&mut s);
@@ -1092,7 +1117,7 @@ impl Shard {
                 self.peer_streams
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, (std, relay, peer));
+                    .insert(id, (std, self.index, peer));
             }
             self.flush(now);
         }
@@ -1137,7 +1162,7 @@ impl Shard {
             self.peer_streams
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(conn_id, (std, relay, peer));
+                .insert(conn_id, (std, self.index, peer));
         } else if result == Err(io::ErrorKind::NotConnected) {
             // Spurious wake-up before the handshake finished: keep waiting.
             if self
@@ -1168,16 +1193,18 @@ impl Shard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&conn_id);
-        let Some((std, relay, peer)) = entry else {
+        let Some((std, owner, peer)) = entry else {
             // Claimed but gone (expired in between): nothing to pipe to.
             return self.close_conn(ci, now);
         };
         if std.set_nonblocking(true).is_err() {
+            self.peer_gone(owner, conn_id);
             return self.close_conn(ci, now);
         }
         let server = std.local_addr().unwrap_or(tuple.server);
         let mut sock = TcpStream::from_std(std);
         let Some(pi) = self.register_conn(&mut sock) else {
+            self.peer_gone(owner, conn_id);
             return self.close_conn(ci, now);
         };
         // Bytes the client sent after its ConnectionBind already belong to the peer.
@@ -1200,14 +1227,70 @@ impl Shard {
             wbuf: Vec::new(),
             writable_interest: false,
             partner: Some(ci),
-            peer_of: Some((relay, peer)),
+            peer_of: Some((owner, conn_id)),
             paused: false,
             stun_seen: true,
             counted: false,
             pending: false,
         });
+        self.spliced.insert(conn_id, pi);
         if !leftover.is_empty() {
             self.send_stream(pi, &leftover);
+        }
+    }
+
+    /// RFC 6062 §5.5: the allocation owning these peer connections is gone. Close what is here
+    /// (a handshake in progress, a stream waiting for ConnectionBind, a splice: both halves);
+    /// with `forward`, ask the other shards to close the rest (spliced where the client's data
+    /// connection landed). A stream taken from the shared table by a ConnectionBind is spliced
+    /// by that shard before it reads its control channel, so the message finds it.
+    fn close_connections(&mut self, ids: Vec<u32>, forward: bool, now: Instant) {
+        let mut elsewhere = Vec::new();
+        let mut unbound = Vec::new();
+        let mut rest = Vec::with_capacity(ids.len());
+        {
+            let mut streams = self.peer_streams.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                match streams.remove(&id) {
+                    Some((s, _, _)) => unbound.push(s),
+                    None => rest.push(id),
+                }
+            }
+        }
+        drop(unbound); // closed outside the lock
+        for id in rest {
+            if let Some((mut s, _, _)) = self.connecting.remove(&id) {
+                let _ = self.poll.registry().deregister(&mut s);
+            } else if let Some(&pi) = self.spliced.get(&id) {
+                self.close_conn(pi, now);
+            } else {
+                elsewhere.push(id);
+            }
+        }
+        if forward && !elsewhere.is_empty() {
+            for i in 0..self.mailboxes.get().map_or(0, Vec::len) {
+                if i != self.index {
+                    self.tell(i, Control::CloseConnections(elsewhere.clone()));
+                }
+            }
+        }
+    }
+
+    /// The peer connection `id` of shard `owner`'s allocation is closed: tell that engine.
+    fn peer_gone(&mut self, owner: usize, id: u32) {
+        if owner == self.index {
+            self.engine.on_peer_tcp_closed(id);
+        } else {
+            self.tell(owner, Control::PeerClosed(id));
+        }
+    }
+
+    /// Send a control message to shard `i` (ignored if it has stopped).
+    fn tell(&self, i: usize, c: Control) {
+        if let Some((tx, waker)) = self.mailboxes.get().and_then(|m| m.get(i)) {
+            if tx.send(c).is_ok() {
+                let _ = waker.wake();
+            }
         }
     }
 

@@ -1,0 +1,446 @@
+//! RFC 6062 §5.5: the connections of a TCP allocation end with it. With a real TCP allocation
+//! and a TCP peer run here on loopback: after Refresh LIFETIME 0, the control connection
+//! closing, or an admin kill, the client's data connection and the peer's connection both see
+//! EOF within 2 s; an unbound peer connection (ConnectionAttempt sent, no ConnectionBind) is
+//! closed too; with two shards, data connections spliced on the other shard than the control
+//! connection are closed as well. Afterwards the server holds no more file descriptors than
+//! before (plus the control connection when it is still open). And a splice that ends on the
+//! other shard frees its peer for a new Connect (no lasting 446).
+//!
+//! The tests share one relay port block and count the process's descriptors, so they run one
+//! at a time.
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{start_server, ServerOpts, PASS, REALM, USER};
+use ferroturn::codec::framing::frame_len;
+use ferroturn::codec::stun::{
+    attr, decode_error_code, decode_u32, decode_xor_addr, method, Class, IntegrityKind, Message,
+    Writer,
+};
+use ferroturn::codec::{channel_data, long_term_key_md5};
+
+/// One network step (a request, an accept).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon the connections must be closed after the deletion.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+/// This file's relay port block (tests/common: ServerOpts::block).
+const BLOCK: u16 = 43;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn server(threads: usize) -> common::TestServer {
+    start_server(ServerOpts::block(BLOCK).threads(threads).runtime(|c| {
+        c.tcp_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    }))
+}
+
+/// Open file descriptors of this process (the server runs in it).
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+/// Wait (bounded) until the process holds `want` descriptors; returns the last count.
+fn fds_settle(want: usize) -> usize {
+    let end = Instant::now() + CLOSE_WITHIN;
+    loop {
+        let n = fds();
+        if n == want || Instant::now() >= end {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Poll `cond` every 20 ms for at most `limit`; whether it held.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Accept one connection within IO_TIMEOUT.
+fn accept(l: &TcpListener) -> TcpStream {
+    l.set_nonblocking(true).unwrap();
+    let end = Instant::now() + IO_TIMEOUT;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("no connection from the relay: {e}"),
+        }
+    }
+}
+
+/// EOF or reset within CLOSE_WITHIN (no data may arrive first). Panics naming `what` otherwise.
+fn assert_closed(s: &mut TcpStream, what: &str) {
+    let t = Instant::now();
+    s.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => println!("{what}: closed after {:?}", t.elapsed()),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+            println!("{what}: reset after {:?}", t.elapsed())
+        }
+        Ok(n) => panic!("{what}: {n} unexpected bytes instead of EOF"),
+        Err(e) => panic!("{what}: still open {CLOSE_WITHIN:?} after the deletion ({e})"),
+    }
+}
+
+/// Bytes both ways through a splice.
+fn exchange(data: &mut TcpStream, peer: &mut TcpStream, salt: u8) {
+    let up: Vec<u8> = (0..300u16).map(|i| (i as u8) ^ salt).collect();
+    data.write_all(&up).unwrap();
+    let mut got = vec![0u8; up.len()];
+    peer.read_exact(&mut got).expect("client → peer bytes");
+    assert_eq!(got, up);
+    let down: Vec<u8> = up.iter().rev().copied().collect();
+    peer.write_all(&down).unwrap();
+    data.read_exact(&mut got).expect("peer → client bytes");
+    assert_eq!(got, down);
+}
+
+/// A small blocking TURN client over TCP (long-term credentials).
+struct Client {
+    s: TcpStream,
+    rbuf: Vec<u8>,
+    realm: Vec<u8>,
+    nonce: Vec<u8>,
+    key: [u8; 16],
+    tid: u8,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Self {
+        Client {
+            s: tcp(addr),
+            rbuf: Vec::new(),
+            realm: Vec::new(),
+            nonce: Vec::new(),
+            key: long_term_key_md5(USER, REALM, PASS),
+            tid: 0,
+        }
+    }
+
+    fn frame(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let framed = frame_len(&self.rbuf, channel_data::MAX_CHANNEL);
+            if let Some(n) = framed.expect("server sends TURN framing") {
+                return self.rbuf.drain(..n).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no message within {IO_TIMEOUT:?}"
+            );
+            let mut b = [0u8; 4096];
+            let n = self.s.read(&mut b).expect("read from server");
+            assert!(n > 0, "server closed the connection");
+            self.rbuf.extend_from_slice(&b[..n]);
+        }
+    }
+
+    /// One request with the 401 dance; Ok(response) on success, Err(code) otherwise.
+    fn request(&mut self, m: u16, body: impl Fn(&mut Writer)) -> Result<Vec<u8>, u16> {
+        for _ in 0..3 {
+            self.tid += 1;
+            let tid = [self.tid; 12];
+            let mut buf = Vec::new();
+            let mut w = Writer::new(&mut buf, m, Class::Request, &tid);
+            body(&mut w);
+            if !self.nonce.is_empty() {
+                w.attr(attr::USERNAME, USER.as_bytes())
+                    .attr(attr::REALM, &self.realm)
+                    .attr(attr::NONCE, &self.nonce)
+                    .integrity(IntegrityKind::Sha1, &self.key);
+            }
+            self.s.write_all(&buf).unwrap();
+            let resp = self.frame();
+            let msg = Message::parse(&resp).expect("a STUN response");
+            assert_eq!(msg.transaction_id(), tid);
+            if msg.class == Class::Success {
+                return Ok(resp);
+            }
+            let (code, _) = decode_error_code(msg.get(attr::ERROR_CODE).unwrap()).unwrap();
+            if code == 401 || code == 438 {
+                self.realm = msg.get(attr::REALM).unwrap().to_vec();
+                self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
+                continue;
+            }
+            return Err(code);
+        }
+        panic!("authentication did not converge");
+    }
+
+    fn allocate_tcp(&mut self) -> SocketAddr {
+        let resp = self
+            .request(method::ALLOCATE, |w| {
+                w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+            })
+            .expect("TCP Allocate");
+        let m = Message::parse(&resp).unwrap();
+        decode_xor_addr(
+            m.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
+            &m.transaction_id(),
+        )
+        .unwrap()
+    }
+
+    fn connect(&mut self, peer: SocketAddr) -> u32 {
+        let resp = self
+            .request(method::CONNECT, |w| {
+                w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+            })
+            .expect("Connect");
+        let m = Message::parse(&resp).unwrap();
+        decode_u32(m.get(attr::CONNECTION_ID).unwrap()).unwrap()
+    }
+
+    fn create_permission(&mut self, peer: SocketAddr) {
+        self.request(method::CREATE_PERMISSION, |w| {
+            w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+        })
+        .expect("CreatePermission");
+    }
+
+    fn refresh_zero(&mut self) {
+        self.request(method::REFRESH, |w| {
+            w.u32(attr::LIFETIME, 0);
+        })
+        .expect("Refresh LIFETIME 0");
+    }
+
+    /// The CONNECTION-ID of the next ConnectionAttempt (§5.3).
+    fn connection_attempt(&mut self) -> u32 {
+        let f = self.frame();
+        let m = Message::parse(&f).unwrap();
+        assert_eq!(
+            (m.method, m.class),
+            (method::CONNECTION_ATTEMPT, Class::Indication)
+        );
+        decode_u32(m.get(attr::CONNECTION_ID).unwrap()).unwrap()
+    }
+
+    /// A new connection bound to `id` (§5.4): from now on it carries the peer's bytes.
+    fn data_connection(addr: SocketAddr, id: u32) -> Result<TcpStream, u16> {
+        let mut d = Client::new(addr);
+        d.request(method::CONNECTION_BIND, |w| {
+            w.u32(attr::CONNECTION_ID, id);
+        })?;
+        assert!(d.rbuf.is_empty());
+        Ok(d.s)
+    }
+}
+
+/// A TCP allocation with one Connect-ed, bound and exercised connection:
+/// (control, data connection, peer side).
+fn spliced_connect(addr: SocketAddr) -> (Client, TcpStream, TcpStream, TcpListener) {
+    let peer_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut control = Client::new(addr);
+    control.allocate_tcp();
+    let id = control.connect(peer_l.local_addr().unwrap());
+    let mut peer = accept(&peer_l);
+    let mut data = Client::data_connection(addr, id).expect("ConnectionBind");
+    exchange(&mut data, &mut peer, 1);
+    (control, data, peer, peer_l)
+}
+
+#[test]
+fn refresh_zero_closes_data_and_peer_connections() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(1);
+    let addr = srv.server().tcp_addrs()[0];
+    let idle = fds();
+    let (mut control, mut data, mut peer, _l) = spliced_connect(addr);
+    control.refresh_zero();
+    assert_closed(&mut data, "client data connection");
+    assert_closed(&mut peer, "peer connection");
+    assert_eq!(srv.allocation_count(), 0);
+    // Held here: control, data, peer, listener; the server keeps only the control connection.
+    let n = fds_settle(idle + 4 + 1);
+    println!("fds: idle {idle}, after {n} (4 of the test's, 1 control connection)");
+    assert_eq!(n, idle + 5, "server descriptors left behind");
+}
+
+#[test]
+fn control_connection_close_closes_data_and_peer_connections() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(1);
+    let addr = srv.server().tcp_addrs()[0];
+    let idle = fds();
+    let (control, mut data, mut peer, _l) = spliced_connect(addr);
+    // RFC 8656 §3.1: the allocation ends with its control connection.
+    drop(control);
+    assert_closed(&mut data, "client data connection");
+    assert_closed(&mut peer, "peer connection");
+    assert!(wait_until(CLOSE_WITHIN, || srv.allocation_count() == 0));
+    let n = fds_settle(idle + 3);
+    println!("fds: idle {idle}, after {n} (3 of the test's)");
+    assert_eq!(n, idle + 3, "server descriptors left behind");
+}
+
+#[test]
+fn admin_kill_closes_data_and_peer_connections() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(1);
+    let addr = srv.server().tcp_addrs()[0];
+    let (mut control, mut data, mut peer, _l) = spliced_connect(addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = srv.server().handle();
+    let killed = rt.block_on(common::within(
+        IO_TIMEOUT,
+        "kill_user",
+        handle.kill_user(USER),
+    ));
+    assert_eq!(killed, 1);
+    assert_closed(&mut data, "client data connection");
+    assert_closed(&mut peer, "peer connection");
+    // The control connection stays; the client learns of the kill on its next Refresh.
+    assert_eq!(
+        control.request(method::REFRESH, |w| {
+            w.u32(attr::LIFETIME, 600);
+        }),
+        Err(437)
+    );
+}
+
+#[test]
+fn unbound_peer_connection_is_closed_with_the_allocation() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(1);
+    let addr = srv.server().tcp_addrs()[0];
+    let idle = fds();
+    let mut control = Client::new(addr);
+    let relayed = control.allocate_tcp();
+    control.create_permission("127.0.0.1:1".parse().unwrap());
+    // §5.3: the peer connects, the client hears a ConnectionAttempt and does not bind it.
+    let mut peer = tcp(relayed);
+    let id = control.connection_attempt();
+    control.refresh_zero();
+    assert_closed(&mut peer, "unbound peer connection");
+    // Gone from the shared table too: a late ConnectionBind gets 400.
+    assert_eq!(Client::data_connection(addr, id).err(), Some(400));
+    // Held here: control, peer (the late data connection is dropped); server: control.
+    let n = fds_settle(idle + 2 + 1);
+    println!("fds: idle {idle}, after {n} (2 of the test's, 1 control connection)");
+    assert_eq!(n, idle + 3, "server descriptors left behind");
+}
+
+#[test]
+fn two_shards_data_connections_on_either_shard_are_closed() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(2);
+    let addr = srv.server().tcp_addrs()[0];
+    let idle = fds();
+    let mut control = Client::new(addr);
+    let relayed = control.allocate_tcp();
+    control.create_permission("127.0.0.1:1".parse().unwrap());
+    // Incoming peer connections (each from its own port, so each its own peer), bound on new
+    // client connections that the kernel's SO_REUSEPORT hash spreads over the two shards. Add
+    // rounds until some landed on the shard without the control connection (each connection
+    // does with probability 1/2), as the shards' published connection counts show.
+    let mut pairs: Vec<(TcpStream, TcpStream)> = Vec::new();
+    let mut both = false;
+    for round in 0..4 {
+        for k in 0..6u8 {
+            let mut peer = tcp(relayed);
+            let id = control.connection_attempt();
+            let mut data = Client::data_connection(addr, id).expect("ConnectionBind");
+            exchange(&mut data, &mut peer, round * 6 + k);
+            pairs.push((data, peer));
+        }
+        // Shard counters are published once a second.
+        std::thread::sleep(Duration::from_millis(1100));
+        let per_shard: Vec<usize> = srv.server().stats().iter().map(|s| s.connections).collect();
+        println!("client connections per shard: {per_shard:?}");
+        if per_shard.iter().all(|&n| n > 0) {
+            both = true;
+            break;
+        }
+    }
+    assert!(
+        both,
+        "no data connection landed on the second shard in 24 tries"
+    );
+    let spliced = pairs.len();
+    drop(control);
+    for (i, (data, peer)) in pairs.iter_mut().enumerate() {
+        assert_closed(data, &format!("client data connection {i} of {spliced}"));
+        assert_closed(peer, &format!("peer connection {i} of {spliced}"));
+    }
+    assert!(wait_until(CLOSE_WITHIN, || srv.allocation_count() == 0));
+    let held = 2 * pairs.len();
+    let n = fds_settle(idle + held);
+    println!("fds: idle {idle}, after {n} ({held} of the test's), {spliced} splices");
+    assert_eq!(n, idle + held, "server descriptors left behind");
+}
+
+#[test]
+fn two_shards_peer_closing_frees_the_peer_for_a_new_connect() {
+    // §5.2: 446 only while a connection to the peer exists. When the splice ends on the other
+    // shard than the allocation's, that shard must tell the allocation's: otherwise the peer
+    // stays counted and every later Connect to it gets 446.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(2);
+    let addr = srv.server().tcp_addrs()[0];
+    let peer_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = peer_l.local_addr().unwrap();
+    let mut control = Client::new(addr);
+    control.allocate_tcp();
+    // Each data connection lands on either shard (probability 1/2 each): 10 rounds.
+    for round in 0..10u8 {
+        // The news of the previous splice's end may take a moment to reach the allocation's
+        // shard (446), and the relay's old socket of the same address pair a moment to leave
+        // LAST_ACK (the new handshake fails: 447): both are retried for at most CLOSE_WITHIN.
+        let start = Instant::now();
+        let id = loop {
+            let r = control.request(method::CONNECT, |w| {
+                w.xor_addr(attr::XOR_PEER_ADDRESS, p);
+            });
+            match r {
+                Ok(r) => {
+                    let m = Message::parse(&r).unwrap();
+                    break decode_u32(m.get(attr::CONNECTION_ID).unwrap()).unwrap();
+                }
+                Err(446 | 447) if start.elapsed() < CLOSE_WITHIN => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(code) => panic!("round {round}: Connect to {p} got {code}"),
+            }
+        };
+        let mut peer = accept(&peer_l);
+        let mut data = Client::data_connection(addr, id).expect("ConnectionBind");
+        exchange(&mut data, &mut peer, round);
+        // The peer closes first (its side keeps TIME_WAIT, so the relay can connect again
+        // from the same address), and the splice ends.
+        drop(peer);
+        assert_closed(&mut data, "client data connection after the peer closed");
+    }
+}
