@@ -197,3 +197,102 @@ fn bench_with_rest_secret() {
     assert!(v["delivered"].as_u64().unwrap() > 0, "{v}");
     server.shutdown();
 }
+
+/// `--transport tls`: the bench's TLS client against the server's TLS listener, trusting the
+/// server's certificate by `--tls-ca`; a CA that did not sign it fails the handshake with a
+/// clear message and exit code 1.
+#[test]
+fn bench_over_tls() {
+    let dir = std::env::temp_dir().join(format!("ferroturn-bench-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key, wrong) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("other.pem"),
+    );
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&wrong, other.cert.pem()).unwrap();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (server, _) = start_server(
+        ("63000", "63499"),
+        &[
+            "--cert",
+            cert_s,
+            "--pkey",
+            key_s,
+            "--tls-listening-port",
+            &tls_port,
+        ],
+    );
+    let addr = format!("127.0.0.1:{tls_port}");
+    let common = [
+        "--server",
+        &addr,
+        "--user",
+        "bench",
+        "--password",
+        "benchpass",
+        "--transport",
+        "tls",
+    ];
+    let mut a = common.to_vec();
+    a.extend(["--tls-ca", cert.to_str().unwrap()]);
+    a.extend([
+        "--allocations",
+        "4",
+        "--rate",
+        "1000",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+    ]);
+    let (v, out) = bench(&a);
+    assert!(out.status.success(), "{v}");
+    check_data(&v, "rtt");
+    assert_eq!(v["transport"], "tls", "{v}");
+
+    let mut a = common.to_vec();
+    a.extend([
+        "--tls-ca",
+        cert.to_str().unwrap(),
+        "--allocate-only",
+        "--allocations",
+        "50",
+    ]);
+    let (v, out) = bench(&a);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["allocations_ok"], 50, "{v}");
+    assert_eq!(v["teardown"]["deleted"], 50, "{v}");
+
+    let out = Command::new(BENCH)
+        .args(common)
+        .args(["--tls-ca", wrong.to_str().unwrap(), "--timeout", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TLS handshake with") && err.contains("invalid peer certificate"),
+        "{err}"
+    );
+
+    let t = Instant::now();
+    while server.allocation_count() != 0 && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.allocation_count(), 0);
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
