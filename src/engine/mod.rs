@@ -588,8 +588,9 @@ impl Engine {
             return ClientAction::None;
         };
         // CreatePermission may have been checked without a port (port 0): the port matters for
-        // the server's own addresses, so check the full address here.
-        if self.cfg.peer_filter.check(peer).is_err() {
+        // the server's own addresses, so check the full address here. Port 0 cannot be sent to
+        // (the kernel refuses it): dropped here rather than failing a send.
+        if peer.port() == 0 || self.cfg.peer_filter.check(peer).is_err() {
             self.stats.peers_denied += 1;
             return ClientAction::None;
         }
@@ -1466,6 +1467,10 @@ impl Engine {
         // allocation (either one of a dual allocation).
         if !families[allocation::family(peer.ip())] {
             return Err((443, "Peer Address Family Mismatch"));
+        }
+        // A channel to port 0 could carry nothing: no datagram can be sent to port 0.
+        if !permission_only && peer.port() == 0 {
+            return Err((400, "Bad Request: peer port 0"));
         }
         let verdict = if permission_only {
             self.cfg.peer_filter.check_permission(peer)

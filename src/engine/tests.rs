@@ -2122,9 +2122,20 @@ fn channel_bind_peer_checks() {
         .assert_err(method::CHANNEL_BIND, 403);
     h.channel_bind(&mut c, 0x4000, p6())
         .assert_err(method::CHANNEL_BIND, 443);
+    // Port 0 cannot be sent to: 400, even with a permission for the IP.
+    let zero = SocketAddr::new(p1().ip(), 0);
+    h.channel_bind(&mut c, 0x4000, zero)
+        .assert_err(method::CHANNEL_BIND, 400);
     // None of that bound 0x4000.
     h.channel_bind(&mut c, 0x4000, p1())
         .assert_ok(method::CHANNEL_BIND);
+    // A Send indication to the permitted IP's port 0 is dropped, not relayed.
+    assert!(h
+        .client_datagram(c.tuple, &send_indication(zero, b"x"))
+        .is_none());
+    assert!(h
+        .client_datagram(c.tuple, &send_indication(p1(), b"x"))
+        .is_some());
 }
 
 #[test]

@@ -106,12 +106,16 @@ pub struct Out {
 /// queues once and cuts into datagrams at the end (or the NIC does). Off until [`enable_gso`]
 /// finds the kernel supports it; switched off for good if the device cannot do it (EIO).
 static GSO: AtomicBool = AtomicBool::new(false);
-/// Largest segment size GSO is used for; lowered when the kernel says a size exceeds the path
-/// MTU (EINVAL), after which such runs go out datagram by datagram.
-static GSO_MAX_SEG: AtomicUsize = AtomicUsize::new(GSO_SEG_LIMIT);
-/// 1472 = 1500 - 20 - 8: a segment must fit the MTU; larger datagrams are sent one by one.
-const GSO_SEG_LIMIT: usize = 1472;
-/// UDP_MAX_SEGMENTS (linux/udp.h).
+/// Largest segment size GSO is used for, per family; lowered when the kernel refuses a run
+/// as larger than the path MTU (EINVAL) while the same datagrams go through one by one.
+static GSO_MAX_SEG_V4: AtomicUsize = AtomicUsize::new(1472); // 1500 - 20 - 8
+static GSO_MAX_SEG_V6: AtomicUsize = AtomicUsize::new(1452); // 1500 - 40 - 8
+/// The limits are never lowered below this: WebRTC media packets are at most ~1200 bytes, and
+/// a peer that provokes refusals (ICMP "fragmentation needed" for its own address) can then
+/// only slow its own runs down, not turn GSO off for everyone.
+const GSO_SEG_FLOOR: usize = 1200;
+/// UDP_MAX_SEGMENTS (linux/udp.h). With [`BATCH`] = 16 datagrams per call a run never gets
+/// there, nor past [`MAX_DATAGRAM`] bytes; both checks stay in case BATCH grows.
 const GSO_MAX_SEGS: usize = 64;
 /// linux/udp.h; defined here because not every libc target exports it.
 const UDP_SEGMENT: libc::c_int = 103;
@@ -150,11 +154,7 @@ fn gso_supported() -> bool {
 /// # Safety
 /// Every `Out` must point at `len` readable bytes that stay alive for the call.
 pub unsafe fn send(fd: RawFd, msgs: &[Out]) -> usize {
-    let max_seg = if GSO.load(Ordering::Relaxed) {
-        GSO_MAX_SEG.load(Ordering::Relaxed)
-    } else {
-        0
-    };
+    let gso = GSO.load(Ordering::Relaxed);
     let mut dropped = 0;
     for chunk in msgs.chunks(BATCH) {
         let mut addrs: [libc::sockaddr_storage; BATCH] = zeroed();
@@ -169,7 +169,8 @@ pub unsafe fn send(fd: RawFd, msgs: &[Out]) -> usize {
             let m = &chunk[i];
             // The run: same destination, every datagram but the last exactly m.len long.
             let mut n = 1;
-            if m.len <= max_seg {
+            // (a run to port 0 would be refused whatever its size; the engine drops those)
+            if gso && m.len <= max_seg(m.to) && m.to.port() != 0 {
                 let mut bytes = m.len;
                 while i + n < chunk.len()
                     && n < GSO_MAX_SEGS
@@ -227,15 +228,24 @@ pub unsafe fn send(fd: RawFd, msgs: &[Out]) -> usize {
             }
             let errno = e.raw_os_error().unwrap_or(0);
             if r < 0 && segs[done] > 1 && (errno == libc::EIO || errno == libc::EINVAL) {
-                // The GSO message was refused: EIO, the device cannot segment (no checksum
-                // offload), so GSO goes off; EINVAL, the segment exceeds the path MTU, so
-                // sizes from this one up go one by one. Either way resend this run plainly.
+                // The GSO message was refused; resend the run datagram by datagram. EIO: the
+                // device cannot segment (no checksum offload) or the route is IPsec: GSO goes
+                // off. EINVAL: the segment exceeds the path MTU, or the destination is
+                // refused whatever the size; only when the single datagrams do go through was
+                // it the size, and then sizes from this one up are sent one by one.
+                let run = &chunk[first[done]..first[done] + segs[done]];
+                let lost = send_plain(fd, run);
+                dropped += lost;
                 if errno == libc::EIO {
                     GSO.store(false, Ordering::Relaxed);
-                } else {
-                    GSO_MAX_SEG.fetch_min(chunk[first[done]].len - 1, Ordering::Relaxed);
+                } else if lost < run.len() && run[0].len > GSO_SEG_FLOOR {
+                    let limit = if run[0].to.is_ipv4() {
+                        &GSO_MAX_SEG_V4
+                    } else {
+                        &GSO_MAX_SEG_V6
+                    };
+                    limit.fetch_min(run[0].len - 1, Ordering::Relaxed);
                 }
-                dropped += send_plain(fd, &chunk[first[done]..first[done] + segs[done]]);
                 done += 1;
                 continue;
             }
@@ -251,6 +261,15 @@ pub unsafe fn send(fd: RawFd, msgs: &[Out]) -> usize {
         }
     }
     dropped
+}
+
+#[inline]
+fn max_seg(to: SocketAddr) -> usize {
+    if to.is_ipv4() {
+        GSO_MAX_SEG_V4.load(Ordering::Relaxed)
+    } else {
+        GSO_MAX_SEG_V6.load(Ordering::Relaxed)
+    }
 }
 
 /// `send` without GSO: one datagram per message.
@@ -434,7 +453,8 @@ mod tests {
     }
 
     /// A GSO message the kernel refuses (here EINVAL: SO_NO_CHECK forbids GSO) is resent
-    /// datagram by datagram, and sizes from that one up are no longer tried with GSO.
+    /// datagram by datagram; as those go through, sizes from that one up are no longer tried
+    /// with GSO, down to the floor and no further.
     #[test]
     fn refused_gso_falls_back_to_single_datagrams() {
         if !enable_gso(true) {
@@ -455,8 +475,8 @@ mod tests {
         assert_eq!(r, 0);
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = b.local_addr().unwrap();
-        // 777 B: a size no other test uses, so the lowered limit is ours to check.
-        let payloads: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 777]).collect();
+        // 1301 B: a size no other test sends, above the floor, so the lowered limit is ours.
+        let payloads: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1301]).collect();
         let outs: Vec<Out> = payloads
             .iter()
             .map(|p| Out {
@@ -469,6 +489,22 @@ mod tests {
         assert_eq!(unsafe { send(a.as_raw_fd(), &outs) }, 0);
         let got: Vec<Vec<u8>> = recv_all(&b, 6).into_iter().map(|(_, p)| p).collect();
         assert_eq!(got, payloads);
-        assert!(GSO_MAX_SEG.load(Ordering::Relaxed) < 777);
+        assert!(GSO_MAX_SEG_V4.load(Ordering::Relaxed) < 1301);
+        assert_eq!(GSO_MAX_SEG_V4.load(Ordering::Relaxed), 1300);
+        // Refused at or below the floor: resent plainly, the limit stays.
+        let small: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1000]).collect();
+        let outs: Vec<Out> = small
+            .iter()
+            .map(|p| Out {
+                to,
+                ptr: p.as_ptr(),
+                len: p.len(),
+            })
+            .collect();
+        // SAFETY: the payloads outlive the call.
+        assert_eq!(unsafe { send(a.as_raw_fd(), &outs) }, 0);
+        let got: Vec<Vec<u8>> = recv_all(&b, 4).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(got, small);
+        assert_eq!(GSO_MAX_SEG_V4.load(Ordering::Relaxed), 1300);
     }
 }

@@ -554,7 +554,11 @@ impl Config {
             "  UDP buffers:       recv {} B, send {} B, GSO {}",
             self.udp_recv_buffer,
             self.udp_send_buffer,
-            if self.udp_gso { "on" } else { "off" }
+            if self.udp_gso {
+                "on where the kernel has it"
+            } else {
+                "off"
+            }
         );
         let o = &self.ops;
         let off = || "off".to_owned();

@@ -363,11 +363,14 @@ impl Shard {
                 Control::Kill(id, reply) => {
                     let found = self.engine.kill_session(now, id);
                     self.kill_streams(now);
+                    // the session_end records are in the log when the API answers
+                    super::logging::flush_thread();
                     let _ = reply.send(found);
                 }
                 Control::KillUser(user, reply) => {
                     let n = self.engine.kill_user(now, &user);
                     self.kill_streams(now);
+                    super::logging::flush_thread();
                     let _ = reply.send(n);
                 }
                 Control::CloseConnections(ids) => self.close_connections(ids, false, now),
@@ -998,6 +1001,10 @@ impl Shard {
                     RelayCommand::Close { relay } => {
                         // Dropped without epoll_ctl(DEL): closing the only fd of the socket
                         // takes it out of the epoll set (one system call fewer per deletion).
+                        // mio asks for deregister before drop; on Linux epoll it is redundant
+                        // as long as the fd is never duplicated (no try_clone, no fd passing:
+                        // bring DEL back if that changes). A stale event for the id in this
+                        // round meets an empty or new socket and reads nothing.
                         if let Some(slot) = self.relays.get_mut(relay as usize) {
                             drop(slot.take());
                         }

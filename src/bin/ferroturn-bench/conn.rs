@@ -49,11 +49,27 @@ impl Stream {
     }
 }
 
+/// TLS by hand rather than through `rustls::Stream`: its `write` may also read from the socket
+/// (to finish pending I/O), which would take replies off the socket without the worker, who
+/// reads only on epoll readiness, ever seeing them. Here writes only write, reads only read.
 impl Read for Stream {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(b),
-            Stream::Tls(t) => t.read(b),
+            Stream::Tls(t) => loop {
+                match t.conn.reader().read(b) {
+                    // Ok(0): close_notify; Err(UnexpectedEof): closed without it
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => return r,
+                }
+                // No plaintext buffered: take records off the socket (WouldBlock ends it).
+                if t.conn.read_tls(&mut t.sock)? == 0 {
+                    return Ok(0);
+                }
+                t.conn
+                    .process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            },
         }
     }
 }
@@ -62,14 +78,43 @@ impl Write for Stream {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(b),
-            Stream::Tls(t) => t.write(b),
+            Stream::Tls(t) => {
+                // Accepted plaintext becomes records in rustls (up to its buffer limit; a short
+                // count leaves the rest to the caller's buffer); push what the socket takes.
+                let n = t.conn.writer().write(b)?;
+                while t.conn.wants_write() {
+                    match t.conn.write_tls(&mut t.sock) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(n)
+            }
         }
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write_vectored(bufs),
-            Stream::Tls(t) => t.write_vectored(bufs),
+            // One record for frame + padding, not one each.
+            Stream::Tls(_) => {
+                let total: usize = bufs.iter().map(|b| b.len()).sum();
+                let mut small = [0u8; 2048];
+                let mut big = Vec::new();
+                let joined: &mut [u8] = if total <= small.len() {
+                    &mut small[..total]
+                } else {
+                    big.resize(total, 0);
+                    &mut big
+                };
+                let mut at = 0;
+                for b in bufs {
+                    joined[at..at + b.len()].copy_from_slice(b);
+                    at += b.len();
+                }
+                self.write(joined)
+            }
         }
     }
 
