@@ -342,3 +342,49 @@ fn ipv6_wildcard_replies_from_the_address_the_client_used() {
         "TCP session with server side {used}: {list:?}"
     );
 }
+
+/// The peer filter with a wildcard listener: every address of the host is the server's own
+/// (relay loops into the listener, other services on the host), not just the configured ones.
+/// 11.0.0.7 is an ordinary public address, on an interface of a namespace of our own.
+#[test]
+fn wildcard_listener_makes_every_host_address_own() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for a network namespace");
+        return;
+    }
+    let ns = Netns::create(
+        format!("ftp-own-{}", std::process::id()),
+        &[
+            "link set lo up",
+            "link add ftp0 type veth peer name ftp1",
+            "addr add 11.0.0.7/24 dev ftp0",
+            "link set ftp0 up",
+            "link set ftp1 up",
+        ],
+    );
+    let name = ns.0.clone();
+    let result = std::thread::spawn(move || {
+        let ns = Netns(name);
+        ns.enter();
+        std::mem::forget(ns); // the outer guard deletes it
+        let (server, port) = start(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |_| {});
+        let mut t = TurnUdp::new(SocketAddr::from(([127, 0, 0, 1], port)), USER, PASS, REALM);
+        t.allocate().expect("Allocate");
+        let own = |p: u16| SocketAddr::from(([11, 0, 0, 7], p));
+        let got = [
+            t.channel_bind(0x4000, own(22)),
+            t.channel_bind(0x4001, own(port)),
+            // Control: another public address is fine.
+            t.channel_bind(0x4002, SocketAddr::from(([11, 0, 0, 8], 22))),
+        ];
+        server.shutdown();
+        got
+    })
+    .join();
+    drop(ns);
+    match result {
+        Ok(got) => assert_eq!(got, [Err(403), Err(403), Ok(())]),
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}

@@ -63,6 +63,49 @@ pub fn enable(_fd: RawFd, _v6: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Every address of the host's interfaces (getifaddrs(3)), sorted, without the unspecified
+/// address. A wildcard listener answers on all of them, so the peer filter counts them as the
+/// server's own (own-listener and own-address rules). Empty if the call fails.
+pub fn interface_addresses() -> Vec<IpAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: `p` is a node of the list getifaddrs returned, alive until freeifaddrs.
+        let ifa = unsafe { &*p };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says how long it is.
+            let ip = unsafe {
+                match (*ifa.ifa_addr).sa_family as libc::c_int {
+                    libc::AF_INET => {
+                        let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))))
+                    }
+                    libc::AF_INET6 => {
+                        let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(ip) = ip.filter(|ip| !ip.is_unspecified()) {
+                out.push(ip);
+            }
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod imp {
     use super::*;
@@ -272,6 +315,13 @@ mod tests {
             r[..size_of::<usize>()].copy_from_slice(&((x as usize) % 80).to_ne_bytes());
             let _ = parse(&r[..(x >> 20) as usize % (CTRL_LEN + 1)]);
         }
+    }
+
+    #[test]
+    fn interface_addresses_include_loopback() {
+        let ips = interface_addresses();
+        assert!(ips.contains(&v4([127, 0, 0, 1])), "{ips:?}");
+        assert!(ips.iter().all(|ip| !ip.is_unspecified()));
     }
 
     /// A second message after an unrelated one is still found.
