@@ -113,3 +113,50 @@ fn the_counter_counts() {
     });
     assert_eq!(n, 10);
 }
+
+/// The runtime side of a wildcard UDP listener (IP_PKTINFO, see src/runtime/pktinfo.rs): the
+/// receive with per-slot control buffers and the send with a source-address control message
+/// allocate nothing either. (The engine sees the same 5-tuples as above, only with a specific
+/// server IP instead of the listener's.)
+#[cfg(target_os = "linux")]
+#[test]
+fn wildcard_listener_io_does_not_allocate() {
+    use ferroturn::runtime::batch::{send_from, Batch, Out};
+    use ferroturn::runtime::pktinfo;
+    use std::net::{SocketAddr, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    let server = UdpSocket::bind("0.0.0.0:0").unwrap();
+    pktinfo::enable(server.as_raw_fd(), false).unwrap();
+    server.set_nonblocking(true).unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 2], server.local_addr().unwrap().port()));
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.connect(to).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut batch = Batch::new();
+    let mut reply = [0u8; 64];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let n = allocations(2_000, || {
+        client.send(&[0x40, 0, 0, 4, 1, 2, 3, 4]).unwrap();
+        let mut got = 0;
+        while got == 0 && Instant::now() < deadline {
+            got = batch.recv_with_dst(server.as_raw_fd(), 0).unwrap();
+        }
+        assert_eq!(batch.dst[0], Some(to.ip()));
+        let out = Out {
+            to: batch.from[0],
+            ptr: batch.slot(0).as_ptr(),
+            len: batch.len[0],
+        };
+        // SAFETY: the slot is not touched until the next receive.
+        assert_eq!(
+            unsafe { send_from(server.as_raw_fd(), &[out], batch.dst[0]) },
+            0
+        );
+        assert_eq!(client.recv(&mut reply).unwrap(), 8);
+    });
+    assert_eq!(n, 0, "wildcard listener receive/send allocated {n} times");
+}

@@ -3,10 +3,11 @@
 //! so the engine can frame peer data in place. One `Batch` per shard, allocated once.
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use super::pktinfo::{self, CtrlBuf};
 use crate::engine::{PEER_HEADROOM, PEER_TAILROOM};
 
 /// Datagrams per system call. Past ~16 the gain flattens (the per-call cost is amortised).
@@ -20,6 +21,11 @@ pub struct Batch {
     buf: Vec<u8>,
     pub len: [usize; BATCH],
     pub from: [SocketAddr; BATCH],
+    /// Local address each datagram was sent to, after [`Batch::recv_with_dst`] (wildcard
+    /// listeners); None when the kernel did not say.
+    pub dst: [Option<IpAddr>; BATCH],
+    /// Control-message buffers for `dst`, one per slot, allocated with the batch.
+    ctrl: [CtrlBuf; BATCH],
 }
 
 impl Default for Batch {
@@ -34,6 +40,8 @@ impl Batch {
             buf: vec![0u8; BATCH * SLOT],
             len: [0; BATCH],
             from: [SocketAddr::from(([0, 0, 0, 0], 0)); BATCH],
+            dst: [None; BATCH],
+            ctrl: [CtrlBuf::default(); BATCH],
         }
     }
 
@@ -51,6 +59,16 @@ impl Batch {
     /// Receive up to [`BATCH`] datagrams, each at `offset` within its slot. Ok(0): nothing to
     /// read (EAGAIN). Truncated datagrams cannot happen: a slot holds the largest one.
     pub fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
+        self.recv_inner(fd, offset, false)
+    }
+
+    /// [`Batch::recv`] that also fills [`Batch::dst`] from IP_PKTINFO / IPV6_PKTINFO (the socket
+    /// must have them enabled, see [`pktinfo::enable`]).
+    pub fn recv_with_dst(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
+        self.recv_inner(fd, offset, true)
+    }
+
+    fn recv_inner(&mut self, fd: RawFd, offset: usize, want_dst: bool) -> io::Result<usize> {
         debug_assert!(offset + MAX_DATAGRAM <= SLOT);
         // SAFETY: all-zero is a valid value for these C structs.
         let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
@@ -65,6 +83,10 @@ impl Batch {
             hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdrs[i].msg_hdr.msg_iov = &mut iov[i];
             hdrs[i].msg_hdr.msg_iovlen = 1;
+            if want_dst {
+                hdrs[i].msg_hdr.msg_control = self.ctrl[i].0.as_mut_ptr() as *mut libc::c_void;
+                hdrs[i].msg_hdr.msg_controllen = pktinfo::CTRL_LEN as _;
+            }
         }
         // SAFETY: every pointer above refers to live, correctly sized memory.
         let n = unsafe {
@@ -88,6 +110,11 @@ impl Batch {
         for i in 0..n {
             self.len[i] = hdrs[i].msg_len as usize;
             self.from[i] = from_storage(&addrs[i]).unwrap_or(self.from[i]);
+            if want_dst {
+                // The kernel wrote msg_controllen bytes (less if MSG_CTRUNC cut them short).
+                let n = (hdrs[i].msg_hdr.msg_controllen as usize).min(pktinfo::CTRL_LEN);
+                self.dst[i] = pktinfo::parse(&self.ctrl[i].0[..n]);
+            }
         }
         Ok(n)
     }
@@ -122,6 +149,8 @@ const UDP_SEGMENT: libc::c_int = 103;
 const SOL_UDP: libc::c_int = 17;
 /// CMSG_SPACE(sizeof(u16)) on 64-bit Linux: a 16-byte header plus 8-byte aligned data.
 const GSO_CMSG: usize = 24;
+/// Control data per sent message: IP_PKTINFO / IPV6_PKTINFO (wildcard listeners) + UDP_SEGMENT.
+const SEND_CMSG: usize = pktinfo::CTRL_LEN + GSO_CMSG;
 
 /// Turn GSO on when `want` and the kernel knows `UDP_SEGMENT` (probed on a scratch socket).
 /// Returns whether it is on.
@@ -154,13 +183,32 @@ fn gso_supported() -> bool {
 /// # Safety
 /// Every `Out` must point at `len` readable bytes that stay alive for the call.
 pub unsafe fn send(fd: RawFd, msgs: &[Out]) -> usize {
+    send_from(fd, msgs, None)
+}
+
+/// [`send`] with every datagram leaving from the local address `src` (IP_PKTINFO /
+/// IPV6_PKTINFO; for a wildcard listener: the address the client sent to), GSO messages
+/// included. `None`: the kernel picks, no control message.
+///
+/// # Safety
+/// As [`send`].
+pub unsafe fn send_from(fd: RawFd, msgs: &[Out], src: Option<IpAddr>) -> usize {
+    send_counted(fd, msgs, src, &mut 0)
+}
+
+/// [`send_from`], adding to `refused` the GSO messages the kernel refused (resent plainly).
+unsafe fn send_counted(fd: RawFd, msgs: &[Out], src: Option<IpAddr>, refused: &mut usize) -> usize {
+    // The source-address message, built once; it goes first in every message's control data
+    // (its CMSG_SPACE is a multiple of the alignment, so UDP_SEGMENT can follow it).
+    let mut pk = CtrlBuf::default();
+    let pk_len = src.map_or(0, |ip| pktinfo::build(ip, &mut pk));
     let gso = GSO.load(Ordering::Relaxed);
     let mut dropped = 0;
     for chunk in msgs.chunks(BATCH) {
         let mut addrs: [libc::sockaddr_storage; BATCH] = zeroed();
         let mut iov: [libc::iovec; BATCH] = zeroed();
         let mut hdrs: [libc::mmsghdr; BATCH] = zeroed();
-        let mut cmsgs: [[u64; GSO_CMSG / 8]; BATCH] = [[0; GSO_CMSG / 8]; BATCH];
+        let mut cmsgs: [[u64; SEND_CMSG / 8]; BATCH] = [[0; SEND_CMSG / 8]; BATCH];
         // message h covers chunk[first[h] .. first[h] + segs[h]]
         let mut first = [0usize; BATCH];
         let mut segs = [0usize; BATCH];
@@ -196,14 +244,21 @@ pub unsafe fn send(fd: RawFd, msgs: &[Out]) -> usize {
             hdr.msg_namelen = alen;
             hdr.msg_iov = &mut iov[i];
             hdr.msg_iovlen = n as _;
+            let ctrl = cmsgs[h].as_mut_ptr() as *mut u8;
+            if pk_len > 0 {
+                std::ptr::copy_nonoverlapping(pk.0.as_ptr(), ctrl, pk_len);
+            }
             if n > 1 {
-                let c = cmsgs[h].as_mut_ptr() as *mut libc::cmsghdr;
+                let c = ctrl.add(pk_len) as *mut libc::cmsghdr;
                 (*c).cmsg_level = SOL_UDP;
                 (*c).cmsg_type = UDP_SEGMENT;
                 (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
                 std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, m.len as u16);
-                hdr.msg_control = c as *mut libc::c_void;
-                hdr.msg_controllen = GSO_CMSG as _;
+            }
+            let clen = pk_len + if n > 1 { GSO_CMSG } else { 0 };
+            if clen > 0 {
+                hdr.msg_control = ctrl as *mut libc::c_void;
+                hdr.msg_controllen = clen as _;
             }
             first[h] = i;
             segs[h] = n;
@@ -233,8 +288,9 @@ pub unsafe fn send(fd: RawFd, msgs: &[Out]) -> usize {
                 // off. EINVAL: the segment exceeds the path MTU, or the destination is
                 // refused whatever the size; only when the single datagrams do go through was
                 // it the size, and then sizes from this one up are sent one by one.
+                *refused += 1;
                 let run = &chunk[first[done]..first[done] + segs[done]];
-                let lost = send_plain(fd, run);
+                let lost = send_plain(fd, run, &pk, pk_len);
                 dropped += lost;
                 if errno == libc::EIO {
                     GSO.store(false, Ordering::Relaxed);
@@ -272,21 +328,29 @@ fn max_seg(to: SocketAddr) -> usize {
     }
 }
 
-/// `send` without GSO: one datagram per message.
-unsafe fn send_plain(fd: RawFd, msgs: &[Out]) -> usize {
+/// `send` without GSO: one datagram per message, with the source-address message `pk` (its
+/// first `pk_len` bytes) if any.
+unsafe fn send_plain(fd: RawFd, msgs: &[Out], pk: &CtrlBuf, pk_len: usize) -> usize {
     let mut dropped = 0;
     for m in msgs {
         let mut addr: libc::sockaddr_storage = zeroed();
         let alen = to_storage(m.to, &mut addr);
+        let mut iov = libc::iovec {
+            iov_base: m.ptr as *mut libc::c_void,
+            iov_len: m.len,
+        };
+        let mut hdr: libc::msghdr = zeroed();
+        hdr.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+        hdr.msg_namelen = alen;
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        if pk_len > 0 {
+            // The kernel only reads control data on send.
+            hdr.msg_control = pk.0.as_ptr() as *mut libc::c_void;
+            hdr.msg_controllen = pk_len as _;
+        }
         loop {
-            let r = libc::sendto(
-                fd,
-                m.ptr as *const libc::c_void,
-                m.len,
-                libc::MSG_DONTWAIT,
-                &addr as *const _ as *const libc::sockaddr,
-                alen,
-            );
+            let r = libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT);
             if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -434,8 +498,14 @@ mod tests {
                     len: p.len(),
                 })
                 .collect();
+            let mut refused = 0;
             // SAFETY: the payloads outlive the call.
-            assert_eq!(unsafe { send(a.as_raw_fd(), &outs) }, 0);
+            let lost = unsafe { send_counted(a.as_raw_fd(), &outs, None, &mut refused) };
+            assert_eq!(
+                (lost, refused),
+                (0, 0),
+                "nothing lost, no GSO message refused"
+            );
             for (sock, to) in [(&b1, t1), (&b2, t2)] {
                 let want: Vec<Vec<u8>> = plan
                     .iter()
@@ -485,8 +555,13 @@ mod tests {
                 len: p.len(),
             })
             .collect();
+        let mut refused = 0;
         // SAFETY: the payloads outlive the call.
-        assert_eq!(unsafe { send(a.as_raw_fd(), &outs) }, 0);
+        assert_eq!(
+            unsafe { send_counted(a.as_raw_fd(), &outs, None, &mut refused) },
+            0
+        );
+        assert_eq!(refused, 1, "one run, refused once");
         let got: Vec<Vec<u8>> = recv_all(&b, 6).into_iter().map(|(_, p)| p).collect();
         assert_eq!(got, payloads);
         assert!(GSO_MAX_SEG_V4.load(Ordering::Relaxed) < 1301);
@@ -506,5 +581,74 @@ mod tests {
         let got: Vec<Vec<u8>> = recv_all(&b, 4).into_iter().map(|(_, p)| p).collect();
         assert_eq!(got, small);
         assert_eq!(GSO_MAX_SEG_V4.load(Ordering::Relaxed), 1300);
+    }
+
+    /// A wildcard socket learns each datagram's local address and answers from it: a client
+    /// connected to 127.0.0.2 (which only takes datagrams from there) gets the replies, single
+    /// ones and a run of equal-size ones (one GSO message where the kernel has UDP_SEGMENT).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn wildcard_learns_and_replies_from_the_destination() {
+        enable_gso(true);
+        let server = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        pktinfo::enable(server.as_raw_fd(), false).unwrap();
+        server
+            .bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())
+            .unwrap();
+        server.set_nonblocking(true).unwrap();
+        let port = server.local_addr().unwrap().as_socket().unwrap().port();
+        let server: std::net::UdpSocket = server.into();
+        for dst in [[127, 0, 0, 2], [127, 0, 0, 1]] {
+            let to = SocketAddr::from((dst, port));
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            client.connect(to).unwrap();
+            client
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            client.send(b"ping").unwrap();
+            let mut batch = Batch::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut n = 0;
+            while n == 0 && std::time::Instant::now() < deadline {
+                n = batch.recv_with_dst(server.as_raw_fd(), 0).unwrap();
+            }
+            assert_eq!(n, 1);
+            assert_eq!(batch.dst[0], Some(to.ip()));
+            assert_eq!(batch.from[0], client.local_addr().unwrap());
+            // One, then a run of 5 x 500 + 300 (a GSO message when on; 500 stays under the
+            // limit the refusal test above lowers), then one.
+            let mut payloads: Vec<Vec<u8>> = vec![b"pong".to_vec()];
+            payloads.extend((0..5u8).map(|i| vec![i; 500]));
+            payloads.push(vec![9; 300]);
+            let outs: Vec<Out> = payloads
+                .iter()
+                .map(|p| Out {
+                    to: batch.from[0],
+                    ptr: p.as_ptr(),
+                    len: p.len(),
+                })
+                .collect();
+            let mut refused = 0;
+            // SAFETY: the payloads outlive the calls.
+            unsafe {
+                assert_eq!(send_from(server.as_raw_fd(), &outs[..1], batch.dst[0]), 0);
+                let fd = server.as_raw_fd();
+                assert_eq!(send_counted(fd, &outs[1..], batch.dst[0], &mut refused), 0);
+            }
+            let mut buf = [0u8; 2048];
+            for p in &payloads {
+                let k = client
+                    .recv(&mut buf)
+                    .expect("reply from the address the client used");
+                assert_eq!(&buf[..k], p.as_slice());
+            }
+            // The kernel took IP_PKTINFO and UDP_SEGMENT together: no refused GSO message.
+            assert_eq!(refused, 0);
+        }
     }
 }

@@ -1427,6 +1427,15 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             own_ips.push(ip);
         }
     }
+    if listen_ips.iter().any(IpAddr::is_unspecified) {
+        // A wildcard listener answers on every address of the host (runtime::pktinfo): all of
+        // them are ours. A snapshot, taken again on reload.
+        for ip in super::pktinfo::interface_addresses() {
+            if !own_ips.contains(&ip) {
+                own_ips.push(ip);
+            }
+        }
+    }
     let peer_filter = PeerFilter::new(PeerFilterConfig {
         allow_loopback,
         allowed,

@@ -9,6 +9,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod pktinfo;
 pub mod privdrop;
 pub mod server;
 pub mod shard;

@@ -5,7 +5,7 @@
 //! thread's memory per packet. Counters are copied out once a second.
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -468,10 +468,17 @@ impl Shard {
             return;
         };
         let (fd, server) = (sock.as_raw_fd(), *server);
+        // Wildcard listener: the 5-tuple's server side is the address the client sent to.
+        let wildcard = server.ip().is_unspecified();
         let mut outs = [NO_OUT; BATCH];
         let mut via = [0u32; BATCH];
         for _ in 0..READ_BUDGET / BATCH {
-            let n = match self.batch.recv(fd, 0) {
+            let got = if wildcard {
+                self.batch.recv_with_dst(fd, 0)
+            } else {
+                self.batch.recv(fd, 0)
+            };
+            let n = match got {
                 Ok(0) => return,
                 Ok(n) => n,
                 Err(e) => {
@@ -485,7 +492,10 @@ impl Shard {
             for i in 0..n {
                 let tuple = FiveTuple {
                     client: self.batch.from[i],
-                    server,
+                    server: match self.batch.dst[i] {
+                        Some(ip) if wildcard => SocketAddr::new(ip, server.port()),
+                        _ => server,
+                    },
                     transport: Transport::Udp,
                 };
                 let len = self.batch.len[i];
@@ -551,7 +561,11 @@ impl Shard {
                     return;
                 }
             };
-            let server = *server;
+            // Wildcard listener: the address the client connected to (getsockname).
+            let server = match sock.local_addr() {
+                Ok(a) if server.ip().is_unspecified() => a,
+                _ => *server,
+            };
             let tls = tls.clone();
             if !self.admit_conn(client) {
                 continue; // dropping `sock` closes it
@@ -958,13 +972,9 @@ impl Shard {
                 while e < k && via[e] == server {
                     e += 1;
                 }
-                if let Some(Listener::Udp(ls, _)) = self
-                    .listeners
-                    .iter()
-                    .find(|l| matches!(l, Listener::Udp(_, a) if *a == server))
-                {
+                if let Some((fd, src)) = udp_route(&self.listeners, server) {
                     // SAFETY: the messages point into `self.batch`, untouched until the next recv.
-                    let dropped = unsafe { batch::send(ls.as_raw_fd(), &outs[s..e]) };
+                    let dropped = unsafe { batch::send_from(fd, &outs[s..e], src) };
                     self.send_errors += dropped as u64;
                 }
                 s = e;
@@ -1040,14 +1050,14 @@ impl Shard {
             while let Some(t) = self.engine.poll_transmit() {
                 did = true;
                 if t.tuple.transport == Transport::Udp {
-                    if let Some(Listener::Udp(ls, _)) = self
-                        .listeners
-                        .iter()
-                        .find(|l| matches!(l, Listener::Udp(_, a) if *a == t.tuple.server))
-                    {
-                        if ls.send_to(&t.data, t.tuple.client).is_err() {
-                            self.send_errors += 1;
-                        }
+                    if let Some((fd, src)) = udp_route(&self.listeners, t.tuple.server) {
+                        let out = Out {
+                            to: t.tuple.client,
+                            ptr: t.data.as_ptr(),
+                            len: t.data.len(),
+                        };
+                        // SAFETY: `t.data` lives across the call.
+                        self.send_errors += unsafe { batch::send_from(fd, &[out], src) } as u64;
                     }
                 } else if let Some(&ci) = self.conn_by_tuple.get(&t.tuple) {
                     self.send_stream(ci, &t.data);
@@ -1380,6 +1390,33 @@ fn queue_stream(c: &mut Conn, registry: &mio::Registry, ci: usize, data: &[u8]) 
     }
     flush_stream(c, registry, ci);
     true
+}
+
+/// The UDP listener that sends for the 5-tuple server side `server`, and the source address
+/// to put in IP_PKTINFO / IPV6_PKTINFO: a listener bound to exactly `server` sends as it is;
+/// otherwise the wildcard listener of that family and port sends from `server`'s IP (the
+/// address the client used, see `pktinfo`).
+fn udp_route(
+    listeners: &[Listener],
+    server: SocketAddr,
+) -> Option<(std::os::fd::RawFd, Option<IpAddr>)> {
+    let mut wildcard = None;
+    for l in listeners {
+        if let Listener::Udp(s, a) = l {
+            if *a == server {
+                return Some((s.as_raw_fd(), None));
+            }
+            if wildcard.is_none()
+                && a.ip().is_unspecified()
+                && !server.ip().is_unspecified()
+                && a.port() == server.port()
+                && a.is_ipv4() == server.is_ipv4()
+            {
+                wildcard = Some((s.as_raw_fd(), Some(server.ip())));
+            }
+        }
+    }
+    wildcard
 }
 
 /// `sendmmsg` per run of datagrams in `outs` leaving by the same relay socket (`via`); returns

@@ -53,6 +53,11 @@ pub fn bind_listener_group(
         let s = new_udp(addr)?;
         s.set_reuse_port(true)?;
         set_buffers(&s, recv_buf, send_buf);
+        if addr.ip().is_unspecified() {
+            // Replies leave from the address each client used (see `pktinfo`).
+            use std::os::fd::AsRawFd;
+            super::pktinfo::enable(s.as_raw_fd(), addr.is_ipv6())?;
+        }
         s.bind(&addr.into())?;
         if addr.port() == 0 {
             // Ephemeral port (tests): the rest of the group joins the port the first one got.

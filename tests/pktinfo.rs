@@ -1,0 +1,390 @@
+//! Wildcard listeners answer from the address the client used (IP_PKTINFO / IPV6_PKTINFO).
+//!
+//! IPv4: a server on 0.0.0.0 and a client whose UDP socket is *connected* to 127.0.0.2, so it
+//! takes datagrams only from 127.0.0.2 (the whole 127/8 is local, but the kernel's own choice of
+//! source for a reply to 127.0.0.1 is 127.0.0.1). Binding, Allocate, CreatePermission,
+//! ChannelBind, ChannelData both ways and Send → Data indication all have to come back from
+//! 127.0.0.2; the admin session list names 127.0.0.2 as the server side of the UDP and the TCP
+//! 5-tuples, not 0.0.0.0. IPv6: the same in a network namespace of its own with two addresses
+//! on one interface, the server on `::`, the client connected to the second address.
+#[path = "support/turn_udp.rs"]
+mod turn_udp;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferroturn::codec::long_term_key_md5;
+use ferroturn::codec::stun::{
+    attr, decode_error_code, method, Class, IntegrityKind, Message, Writer,
+};
+use ferroturn::engine::Transport;
+use ferroturn::runtime::cli::Cli;
+use ferroturn::runtime::{config, Server, StartError};
+use turn_udp::{channel_data, Reply, TurnUdp};
+
+const REALM: &str = "pktinfo.test";
+const USER: &str = "alice";
+const PASS: &str = "wonderland";
+/// Relay ports: block 42 (65200-65299, see tests/common).
+const MIN_PORT: u64 = 65200;
+const MAX_PORT: u64 = 65299;
+const CHANNEL: u16 = 0x4000;
+
+/// A server on `listen_ip` (a wildcard), with UDP and TCP listeners on one ephemeral port.
+fn start(listen_ip: IpAddr, extra: impl Fn(&mut Cli)) -> (Server, u16) {
+    for _ in 0..20 {
+        let port = UdpSocket::bind((listen_ip, 0))
+            .and_then(|s| s.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        let mut cli = Cli {
+            listening_ip: vec![listen_ip.to_string()],
+            listening_port: Some(u64::from(port)),
+            relay_ip: vec!["127.0.0.1".into()],
+            min_port: Some(MIN_PORT),
+            max_port: Some(MAX_PORT),
+            realm: Some(REALM.into()),
+            user: vec![format!("{USER}:{PASS}")],
+            allow_loopback_peers: true,
+            relay_threads: Some(2),
+            log_level: Some("warn".into()),
+            ..Cli::default()
+        };
+        extra(&mut cli);
+        let cfg = config::load(&cli).unwrap_or_else(|e| panic!("test config: {e}"));
+        match Server::start(&cfg) {
+            Ok(server) => {
+                assert_eq!(server.local_addrs()[0], SocketAddr::new(listen_ip, port));
+                return (server, port);
+            }
+            Err(StartError::AddrInUse(_)) => continue,
+            Err(e) => panic!("server did not start: {e}"),
+        }
+    }
+    panic!("no free listening port after 20 attempts");
+}
+
+/// A UDP echo peer on 127.0.0.1, stopped by `stop` (bounded by its read timeout).
+fn echo_peer(stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let addr = sock.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let until = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    (addr, h)
+}
+
+/// Send `out` on the connected socket until a datagram `accept` likes arrives (5 tries of
+/// 500 ms). Anything arriving at all came from `server`: the socket is connected.
+fn exchange(sock: &UdpSocket, out: &[u8], accept: impl Fn(&[u8]) -> bool) -> bool {
+    let mut buf = [0u8; 2048];
+    for _ in 0..5 {
+        sock.send(out).expect("send");
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            if let Ok(n) = sock.recv(&mut buf) {
+                if accept(&buf[..n]) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// The whole UDP client side against `server` (a specific address of a wildcard listener):
+/// every answer must come from `server`, which the connected socket enforces.
+fn udp_client_relays(server: SocketAddr, client_ip: IpAddr) -> SocketAddr {
+    let sock = UdpSocket::bind((client_ip, 0)).expect("bind client");
+    sock.connect(server).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let client = sock.local_addr().unwrap();
+    let mut t = TurnUdp::new(server, USER, PASS, REALM);
+    t.sock = sock.try_clone().unwrap();
+
+    // Binding (RFC 8489): unauthenticated, answered from the listener.
+    assert!(
+        matches!(t.request(method::BINDING, &|_| {}), Reply::Ok { .. }),
+        "Binding"
+    );
+    let relayed = t.allocate().expect("Allocate");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p1, h1) = echo_peer(stop.clone());
+    let (p2, h2) = echo_peer(stop.clone());
+    assert!(
+        matches!(
+            t.request(method::CREATE_PERMISSION, &|w| {
+                w.xor_addr(attr::XOR_PEER_ADDRESS, p2);
+            }),
+            Reply::Ok { .. }
+        ),
+        "CreatePermission"
+    );
+    t.channel_bind(CHANNEL, p1).expect("ChannelBind");
+
+    // ChannelData to p1 and back (relay → listener → client, RFC 8656 §12).
+    let cd = channel_data(CHANNEL, b"through the channel");
+    assert!(
+        exchange(&sock, &cd, |b| b == cd.as_slice()),
+        "ChannelData echo did not come back from {server}"
+    );
+    // Send indication to p2, Data indication back (RFC 8656 §10, §11).
+    let mut send = Vec::new();
+    Writer::new(&mut send, method::SEND, Class::Indication, &[9u8; 12])
+        .xor_addr(attr::XOR_PEER_ADDRESS, p2)
+        .attr(attr::DATA, b"as an indication")
+        .fingerprint();
+    let data_ind = |b: &[u8]| {
+        Message::parse(b).is_ok_and(|m| {
+            m.method == method::DATA
+                && m.class == Class::Indication
+                && m.get(attr::DATA) == Some(b"as an indication".as_slice())
+        })
+    };
+    assert!(
+        exchange(&sock, &send, data_ind),
+        "Data indication did not come back from {server}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    h1.join().unwrap();
+    h2.join().unwrap();
+    assert!(relayed.port() as u64 >= MIN_PORT && relayed.port() as u64 <= MAX_PORT);
+    client
+}
+
+/// One STUN request on a stream (RFC 8656 §12.5 framing is the STUN length for STUN).
+fn tcp_request(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).expect("write");
+    let mut head = [0u8; 20];
+    s.read_exact(&mut head).expect("read header");
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let mut v = head.to_vec();
+    v.resize(20 + len, 0);
+    s.read_exact(&mut v[20..]).expect("read body");
+    v
+}
+
+/// Allocate over TCP to `server` with the 401 round trip; returns the client address.
+fn tcp_allocate(server: SocketAddr) -> (TcpStream, SocketAddr) {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let build = |tid: [u8; 12], auth: Option<(&[u8], &[u8])>| {
+        let mut buf = Vec::new();
+        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &tid);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        if let Some((realm, nonce)) = auth {
+            w.attr(attr::USERNAME, USER.as_bytes())
+                .attr(attr::REALM, realm)
+                .attr(attr::NONCE, nonce)
+                .integrity(IntegrityKind::Sha1, &long_term_key_md5(USER, REALM, PASS));
+        }
+        buf
+    };
+    let r = tcp_request(&mut s, &build([1; 12], None));
+    let m = Message::parse(&r).expect("parse 401");
+    let code = m.get(attr::ERROR_CODE).and_then(decode_error_code);
+    assert_eq!(code.map(|c| c.0), Some(401));
+    let (realm, nonce) = (
+        m.get(attr::REALM).expect("REALM").to_vec(),
+        m.get(attr::NONCE).expect("NONCE").to_vec(),
+    );
+    let r = tcp_request(&mut s, &build([2; 12], Some((&realm, &nonce))));
+    let m = Message::parse(&r).expect("parse answer");
+    assert_eq!(m.class, Class::Success, "TCP Allocate failed");
+    let client = s.local_addr().unwrap();
+    (s, client)
+}
+
+/// The sessions of the server: (transport, client, server side).
+fn sessions(server: &Server) -> Vec<(Transport, SocketAddr, SocketAddr)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = server.handle();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), handle.sessions())
+            .await
+            .expect("session list in time")
+    })
+    .into_iter()
+    .map(|s| (s.transport, s.client, s.server))
+    .collect()
+}
+
+#[test]
+fn ipv4_wildcard_replies_from_the_address_the_client_used() {
+    let (server, port) = start(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |_| {});
+    assert_eq!(server.tcp_addrs().len(), 1, "a TCP listener on the port");
+    let used = SocketAddr::from(([127, 0, 0, 2], port));
+    let udp_client = udp_client_relays(used, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let (_tcp, tcp_client) = tcp_allocate(used);
+
+    let list = sessions(&server);
+    assert!(
+        list.contains(&(Transport::Udp, udp_client, used)),
+        "UDP session with server side {used}: {list:?}"
+    );
+    assert!(
+        list.contains(&(Transport::Tcp, tcp_client, used)),
+        "TCP session with server side {used}: {list:?}"
+    );
+    // And the other address works on the same listener, each client answered from its own.
+    let other = SocketAddr::from(([127, 0, 0, 1], port));
+    let c2 = udp_client_relays(other, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    assert!(sessions(&server).contains(&(Transport::Udp, c2, other)));
+    server.shutdown();
+}
+
+/// A network namespace of our own (`ftp-` prefix), deleted on drop, also when the test fails.
+struct Netns(String);
+
+impl Netns {
+    fn create(name: String, setup: &[&str]) -> Netns {
+        let _ = ip(&["netns", "del", &name]); // a leftover of a killed run
+        assert!(ip(&["netns", "add", &name]), "ip netns add {name}");
+        let ns = Netns(name);
+        for cmd in setup {
+            let args: Vec<&str> = cmd.split_whitespace().collect();
+            let mut full = vec!["-n", ns.0.as_str()];
+            full.extend(args);
+            assert!(ip(&full), "ip {}", full.join(" "));
+        }
+        ns
+    }
+
+    /// Move the calling thread into the namespace: sockets it (and threads it spawns) create
+    /// live there.
+    fn enter(&self) {
+        let f = std::fs::File::open(format!("/var/run/netns/{}", self.0)).expect("open netns");
+        // SAFETY: a valid namespace fd; CLONE_NEWNET only switches this thread's network ns.
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// IPv6: two addresses on one interface. The reply to the client's address (the first one)
+/// would leave from that address (RFC 6724 rule 1, same address) without IPV6_PKTINFO; the
+/// client is connected to the second.
+#[test]
+fn ipv6_wildcard_replies_from_the_address_the_client_used() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for a network namespace");
+        return;
+    }
+    let ns = Netns::create(
+        format!("ftp-v6-{}", std::process::id()),
+        &[
+            "link set lo up",
+            "link add ftp0 type veth peer name ftp1",
+            "addr add fd00:70::1/64 dev ftp0 nodad",
+            "addr add fd00:70::2/64 dev ftp0 nodad",
+            "link set ftp0 up",
+            "link set ftp1 up",
+        ],
+    );
+    let name = ns.0.clone();
+    // Everything on a thread inside the namespace; the server's shard threads inherit it.
+    let result = std::thread::spawn(move || {
+        let ns = Netns(name);
+        ns.enter();
+        std::mem::forget(ns); // the outer guard deletes it
+        let (server, port) = start("::".parse().unwrap(), |c| {
+            c.relay_ip.push("fd00:70::1".into());
+        });
+        let used = SocketAddr::new("fd00:70::2".parse().unwrap(), port);
+        let client = udp_client_relays(used, "fd00:70::1".parse().unwrap());
+        let (_tcp, tcp_client) = tcp_allocate(used);
+        let list = sessions(&server);
+        server.shutdown();
+        (list, client, tcp_client, used)
+    })
+    .join();
+    drop(ns);
+    let (list, client, tcp_client, used) = match result {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e),
+    };
+    assert!(
+        list.contains(&(Transport::Udp, client, used)),
+        "UDP session with server side {used}: {list:?}"
+    );
+    assert!(
+        list.contains(&(Transport::Tcp, tcp_client, used)),
+        "TCP session with server side {used}: {list:?}"
+    );
+}
+
+/// The peer filter with a wildcard listener: every address of the host is the server's own
+/// (relay loops into the listener, other services on the host), not just the configured ones.
+/// 11.0.0.7 is an ordinary public address, on an interface of a namespace of our own.
+#[test]
+fn wildcard_listener_makes_every_host_address_own() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for a network namespace");
+        return;
+    }
+    let ns = Netns::create(
+        format!("ftp-own-{}", std::process::id()),
+        &[
+            "link set lo up",
+            "link add ftp0 type veth peer name ftp1",
+            "addr add 11.0.0.7/24 dev ftp0",
+            "link set ftp0 up",
+            "link set ftp1 up",
+        ],
+    );
+    let name = ns.0.clone();
+    let result = std::thread::spawn(move || {
+        let ns = Netns(name);
+        ns.enter();
+        std::mem::forget(ns); // the outer guard deletes it
+        let (server, port) = start(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |_| {});
+        let mut t = TurnUdp::new(SocketAddr::from(([127, 0, 0, 1], port)), USER, PASS, REALM);
+        t.allocate().expect("Allocate");
+        let own = |p: u16| SocketAddr::from(([11, 0, 0, 7], p));
+        let got = [
+            t.channel_bind(0x4000, own(22)),
+            t.channel_bind(0x4001, own(port)),
+            // Control: another public address is fine.
+            t.channel_bind(0x4002, SocketAddr::from(([11, 0, 0, 8], 22))),
+        ];
+        server.shutdown();
+        got
+    })
+    .join();
+    drop(ns);
+    match result {
+        Ok(got) => assert_eq!(got, [Err(403), Err(403), Ok(())]),
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
