@@ -208,6 +208,10 @@ struct Shard {
     /// order (one timeout for all, so the queue is sorted): (deadline, slot, 5-tuple).
     tcp: TcpLimitStats,
     deadlines: std::collections::VecDeque<(Instant, usize, FiveTuple)>,
+    /// Answers to UDP clients; while a listener batch is being handled (`defer_udp`) they
+    /// wait here and leave together by `sendmmsg` after it, else at the end of `flush`.
+    udp_answers: Vec<crate::engine::Transmit>,
+    defer_udp: bool,
 }
 
 /// Start a shard thread on already-bound listener sockets.
@@ -265,6 +269,8 @@ pub fn spawn(
         shutdown: false,
         tcp: TcpLimitStats::default(),
         deadlines: std::collections::VecDeque::new(),
+        udp_answers: Vec::new(),
+        defer_udp: false,
     };
     let thread = std::thread::Builder::new()
         .name(format!("ferroturn-shard-{index}"))
@@ -454,7 +460,12 @@ impl Shard {
 
     fn read_listener(&mut self, li: usize, now: Instant) {
         match self.listeners.get(li) {
-            Some(Listener::Udp(..)) => self.read_udp_listener(li, now),
+            Some(Listener::Udp(..)) => {
+                self.defer_udp = true;
+                self.read_udp_listener(li, now);
+                self.defer_udp = false;
+                self.send_udp_answers();
+            }
             Some(Listener::Stream(..)) => self.accept(li, now),
             None => {}
         }
@@ -1050,15 +1061,7 @@ impl Shard {
             while let Some(t) = self.engine.poll_transmit() {
                 did = true;
                 if t.tuple.transport == Transport::Udp {
-                    if let Some((fd, src)) = udp_route(&self.listeners, t.tuple.server) {
-                        let out = Out {
-                            to: t.tuple.client,
-                            ptr: t.data.as_ptr(),
-                            len: t.data.len(),
-                        };
-                        // SAFETY: `t.data` lives across the call.
-                        self.send_errors += unsafe { batch::send_from(fd, &[out], src) } as u64;
-                    }
+                    self.udp_answers.push(t);
                 } else if let Some(&ci) = self.conn_by_tuple.get(&t.tuple) {
                     self.send_stream(ci, &t.data);
                 }
@@ -1067,6 +1070,41 @@ impl Shard {
                 break;
             }
         }
+        if !self.defer_udp {
+            self.send_udp_answers();
+        }
+    }
+
+    /// Send the waiting UDP answers: one `sendmmsg` per run with the same listener and source.
+    fn send_udp_answers(&mut self) {
+        if self.udp_answers.is_empty() {
+            return;
+        }
+        let answers = std::mem::take(&mut self.udp_answers);
+        let mut outs = [NO_OUT; BATCH];
+        let mut s = 0;
+        while s < answers.len() {
+            let server = answers[s].tuple.server;
+            let mut k = 0;
+            while s + k < answers.len() && k < BATCH && answers[s + k].tuple.server == server {
+                let t = &answers[s + k];
+                outs[k] = Out {
+                    to: t.tuple.client,
+                    ptr: t.data.as_ptr(),
+                    len: t.data.len(),
+                };
+                k += 1;
+            }
+            if let Some((fd, src)) = udp_route(&self.listeners, server) {
+                // SAFETY: the answers' buffers live across the call.
+                self.send_errors += unsafe { batch::send_from(fd, &outs[..k], src) } as u64;
+            }
+            s += k;
+        }
+        // keep the capacity for the next batch
+        let mut answers = answers;
+        answers.clear();
+        self.udp_answers = answers;
     }
 
     fn bind_relay(
