@@ -15,8 +15,9 @@
 # and uclient: 2 x delivered), divided by the server's CPU time over the run
 # (/proc/PID/task/*/schedstat, all threads).
 #
-# Ports (all 127.0.0.1, none of 3478/34878/34879/35478-35480): coturn 36478 (+36479 alt),
-# TLS 36486 (+36487 alt), ferroturn 36480, TLS 36488, turnutils_peer 36490-36491, relay ports 10000-31999 (below the ephemeral
+# Ports (all 127.0.0.1, below the kernel's ephemeral range so no client socket or TIME-WAIT
+# entry can hold them, none of 3478/34878/34879/35478-35480): coturn 9478 (+9479 alt), TLS
+# 9486 (+9487 alt), ferroturn 9480, TLS 9488, turnutils_peer 9490-9491, relay ports 10000-31999 (below the ephemeral
 # range, so 10 000 client sockets cannot take them). Only processes this script started are
 # stopped, by PID (trap on exit).
 set -euo pipefail
@@ -80,8 +81,8 @@ OUT = os.environ["OUT"]
 BIN = os.environ["TARGET"] + "/release/"
 SCPU, LCPU = os.environ["SERVER_CPU"], os.environ["LOAD_CPU"]
 RUNS, SMOKE = int(os.environ["RUNS"]), os.environ["SMOKE"] == "1"
-HOST, COTURN_PORT, FERRO_PORT, PEER_PORT = "127.0.0.1", 36478, 36480, 36490
-COTURN_TLS, FERRO_TLS = 36486, 36488
+HOST, COTURN_PORT, FERRO_PORT, PEER_PORT = "127.0.0.1", 9478, 9480, 9490
+COTURN_TLS, FERRO_TLS = 9486, 9488
 CERT, KEY, CA = f"{OUT}/server.crt", f"{OUT}/server.key", f"{OUT}/ca.crt"
 MIN_PORT, MAX_PORT = 10000, 31999
 USER, PASS, REALM = "bench", "benchpass", "bench.local"
