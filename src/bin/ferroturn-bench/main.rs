@@ -9,7 +9,8 @@
 //!
 //! Design (see also README.md "Benchmarking"):
 //! - setup and teardown (`control.rs`): every client is its own socket and allocation; requests
-//!   run with `--concurrency` transactions outstanding over non-blocking sockets and poll(2):
+//!   run with `--concurrency` transactions outstanding over non-blocking sockets and one
+//!   edge-triggered epoll set (one recv per UDP answer, timers looked at only when due):
 //!   Allocate (401 → realm/nonce → MESSAGE-INTEGRITY; 438 → new nonce), CreatePermission,
 //!   ChannelBind (channel 0x4000 + i), at the end Refresh lifetime 0;
 //! - data (`worker.rs`): `--threads` workers each own a slice of the clients, pace their share
@@ -20,6 +21,7 @@
 //! - the built-in echo peer (`peer.rs`) sends every datagram back (recvmmsg/sendmmsg).
 mod conn;
 mod control;
+mod epoll;
 mod hist;
 mod mmsg;
 mod peer;
