@@ -35,6 +35,7 @@ struct Counts {
     answered_437: AtomicU64,
     allocated: AtomicU64,
     deleted: AtomicU64,
+    refreshed: AtomicU64,
     bad_integrity: AtomicU64,
 }
 
@@ -116,6 +117,8 @@ fn answer(
             let lifetime = m.get(attr::LIFETIME).and_then(decode_u32).unwrap_or(600);
             if lifetime == 0 {
                 n.deleted.fetch_add(1, Ordering::Relaxed);
+            } else {
+                n.refreshed.fetch_add(1, Ordering::Relaxed);
             }
             w.u32(attr::LIFETIME, lifetime);
         }
@@ -343,6 +346,41 @@ fn tcp_control_connections_with_437_and_duplicates() {
     assert_eq!(v["teardown"]["deleted"], 20, "{v}");
     assert_eq!(f.counts.allocated.load(Ordering::Relaxed), 20);
     assert_eq!(f.counts.deleted.load(Ordering::Relaxed), 20);
+}
+
+#[test]
+fn udp_refreshes_while_holding() {
+    let f = fake(
+        false,
+        Script {
+            dup_401: true,
+            ..Script::default()
+        },
+        false,
+    );
+    let (v, out) = bench(
+        f.addr,
+        &[
+            "-m",
+            "20",
+            "--concurrency",
+            "8",
+            "--hold",
+            "1.3",
+            "--refresh-secs",
+            "0.5",
+        ],
+    );
+    assert!(out.status.success(), "{}", report(&out));
+    assert_eq!(v["allocations_ok"], 20, "{v}");
+    assert_eq!(v["teardown"]["deleted"], 20, "{v}");
+    // two rounds (at 0.5 s and 1.0 s) of one Refresh per allocation
+    assert_eq!(f.counts.refreshed.load(Ordering::Relaxed), 40);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).is_empty(),
+        "{}",
+        report(&out)
+    );
 }
 
 #[test]

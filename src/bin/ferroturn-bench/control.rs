@@ -4,7 +4,7 @@
 //! refreshes while holding, and teardown.
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferroturn::codec::stun::Message;
@@ -33,6 +33,8 @@ pub struct Client {
     pub last_refresh: Instant,
     /// How often the socket was replaced after a 437 to Allocate (at most 3 times).
     pub reopens: u8,
+    /// The `ControlSet` its current socket is registered in (0: none).
+    set: u64,
 }
 
 impl Client {
@@ -53,6 +55,7 @@ impl Client {
             last_io_error: None,
             last_refresh: Instant::now(),
             reopens: 0,
+            set: 0,
         }
     }
 
@@ -174,6 +177,35 @@ impl DriveStats {
     }
 }
 
+/// The epoll set the control driver waits on. A client's socket is registered once (token:
+/// its `idx`) and stays until it is closed or the set is dropped, so the set can be made and
+/// filled before a timed run and reused by every `drive` (allocations, refreshes, teardown).
+/// Drop it before handing the sockets to the data workers: a registered socket costs an epoll
+/// callback on every datagram it receives.
+pub struct ControlSet {
+    ep: Epoll,
+    id: u64,
+}
+
+impl ControlSet {
+    pub fn new() -> std::io::Result<ControlSet> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Ok(ControlSet {
+            ep: Epoll::new(1024)?,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Register the client's current socket, unless it already is.
+    pub fn register(&self, c: &mut Client) -> std::io::Result<()> {
+        if c.set != self.id {
+            self.ep.add(c.conn.fd(), c.idx as u64, c.conn.is_stream())?;
+            c.set = self.id;
+        }
+        Ok(())
+    }
+}
+
 /// What one answer did to the outstanding transaction.
 enum Step {
     /// Not an answer to it (a late duplicate after a retransmission, or nothing outstanding).
@@ -200,10 +232,10 @@ struct Frames {
 /// The state of one `drive`.
 struct Driver<'a> {
     st: DriveStats,
-    ep: Epoll,
-    /// Per client: registered in `ep` (its current socket; a closed socket leaves the set).
-    registered: Vec<bool>,
-    /// Per client: its index in `active`, or IDLE.
+    set: &'a mut ControlSet,
+    /// Client `idx` (the epoll token) to its index in the driven slice, or IDLE.
+    slot: Vec<usize>,
+    /// Per client (slice index): its index in `active`, or IDLE.
     pos: Vec<usize>,
     /// Clients with a transaction outstanding.
     active: Vec<usize>,
@@ -229,12 +261,9 @@ impl Driver<'_> {
     /// Start the client's next queued request and make it active.
     fn resume(&mut self, clients: &mut [Client], i: usize, now: Instant) {
         let c = &mut clients[i];
-        if !self.registered[i] {
-            if let Err(e) = self.ep.add(c.conn.fd(), i as u64, c.conn.is_stream()) {
-                self.st.aborted = Some(format!("epoll_ctl: {e}"));
-                return;
-            }
-            self.registered[i] = true;
+        if let Err(e) = self.set.register(c) {
+            self.st.aborted = Some(format!("epoll_ctl: {e}"));
+            return;
         }
         if c.start_next(now, self.timeout) {
             if self.pos[i] == IDLE {
@@ -274,7 +303,7 @@ impl Driver<'_> {
 
     /// Account for a finished transaction. A client whose request fails drops the rest of
     /// its queue, except an Allocate answered 437, which is retried on a fresh socket.
-    fn settle(&mut self, c: &mut Client, i: usize, fin: (Req, Duration, Result<Success, Failure>)) {
+    fn settle(&mut self, c: &mut Client, fin: (Req, Duration, Result<Success, Failure>)) {
         let (req, lat, res) = fin;
         let st = &mut self.st;
         match res {
@@ -292,7 +321,7 @@ impl Driver<'_> {
                     if let Ok(conn) = op() {
                         // the old socket is closed here, which takes it out of the epoll set
                         c.conn = conn;
-                        self.registered[i] = false;
+                        c.set = 0;
                         c.auth.reset();
                         c.reopens += 1;
                         c.queue.push_front(req);
@@ -397,7 +426,7 @@ impl Driver<'_> {
         let c = &mut clients[i];
         self.any_answer |= answered;
         if let Some(fin) = fin {
-            self.settle(c, i, fin);
+            self.settle(c, fin);
         }
         if let Some(f) = stream_err {
             // the stream is gone after its last answer: the next request would fail on it
@@ -456,6 +485,7 @@ impl Driver<'_> {
 /// Cost per transaction: its sends and receives, and a share of one epoll_wait; timers are
 /// looked at only when the earliest one is due (RFC 8489 §6.2.1 retransmissions and deadline).
 pub fn drive(
+    set: &mut ControlSet,
     clients: &mut [Client],
     concurrency: usize,
     timeout: Duration,
@@ -464,20 +494,14 @@ pub fn drive(
 ) -> DriveStats {
     let t0 = Instant::now();
     let concurrency = concurrency.max(1);
-    let ep = match Epoll::new(concurrency.min(1024)) {
-        Ok(e) => e,
-        Err(e) => {
-            return DriveStats {
-                aborted: Some(format!("epoll: {e}")),
-                elapsed: t0.elapsed(),
-                ..DriveStats::default()
-            }
-        }
-    };
+    let mut slot = vec![IDLE; clients.iter().map(|c| c.idx + 1).max().unwrap_or(0)];
+    for (k, c) in clients.iter().enumerate() {
+        slot[c.idx] = k;
+    }
     let mut d = Driver {
         st: DriveStats::default(),
-        ep,
-        registered: vec![false; clients.len()],
+        set,
+        slot,
         pos: vec![IDLE; clients.len()],
         active: Vec::with_capacity(concurrency),
         next_timer: None,
@@ -512,7 +536,7 @@ pub fn drive(
                 .div_ceil(1000)
                 .min(100) as libc::c_int
         });
-        let n = match d.ep.wait(ms) {
+        let n = match d.set.ep.wait(ms) {
             Ok(n) => n,
             Err(e) => {
                 d.st.aborted = Some(format!("epoll_wait: {e}"));
@@ -521,9 +545,13 @@ pub fn drive(
         };
         let now = Instant::now();
         for k in 0..n {
-            let i = d.ep.token(k) as usize;
-            // a finished client's socket: nothing is waited for there
-            if i < clients.len() && d.pos[i] != IDLE {
+            // a socket of a finished client, or of one not driven now: nothing is waited for
+            let i = d
+                .slot
+                .get(d.set.ep.token(k) as usize)
+                .copied()
+                .unwrap_or(IDLE);
+            if i != IDLE && d.pos[i] != IDLE {
                 d.on_ready(clients, i, now);
             }
         }
