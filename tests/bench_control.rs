@@ -374,8 +374,9 @@ fn udp_refreshes_while_holding() {
     assert!(out.status.success(), "{}", report(&out));
     assert_eq!(v["allocations_ok"], 20, "{v}");
     assert_eq!(v["teardown"]["deleted"], 20, "{v}");
-    // two rounds (at 0.5 s and 1.0 s) of one Refresh per allocation
-    assert_eq!(f.counts.refreshed.load(Ordering::Relaxed), 40);
+    // one or two rounds (0.5 s apart, within 1.3 s), each one Refresh per allocation
+    let r = f.counts.refreshed.load(Ordering::Relaxed);
+    assert!(r >= 20 && r % 20 == 0, "{r} refreshes");
     assert!(
         String::from_utf8_lossy(&out.stderr).is_empty(),
         "{}",
