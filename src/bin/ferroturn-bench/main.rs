@@ -144,7 +144,8 @@ struct Args {
     /// Data-path worker threads (each owns a share of the clients).
     #[arg(long, short = 't', default_value_t = 1)]
     threads: usize,
-    /// Busy-poll instead of sleeping between ticks (lowest latency, burns a core).
+    /// Busy-poll instead of sleeping: between data ticks, and while control requests
+    /// (allocations, teardown) are outstanding (lowest latency, burns a core).
     #[arg(long)]
     spin: bool,
     /// Minimum pacing tick, microseconds: packets due are sent in one burst per tick, so at
@@ -302,6 +303,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(format!("epoll: {e}")),
     };
+    set.spin = a.spin;
     // one socket per client, registered for the control path once, before anything is timed
     let mut clients = Vec::with_capacity(a.allocations);
     for i in 0..a.allocations {
