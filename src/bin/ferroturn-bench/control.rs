@@ -225,6 +225,7 @@ enum Step {
 /// With K transactions outstanding against a busy server the next answer is usually closer
 /// than this, so the client rarely sleeps; an idle server costs it at most this per wait.
 const LINGER: Duration = Duration::from_micros(20);
+const LINGER_POLL: Duration = Duration::from_micros(1);
 
 /// `Driver::pos` of a client that is not in the active set.
 const IDLE: usize = usize::MAX;
@@ -556,8 +557,14 @@ pub fn drive(
             let until = now + LINGER;
             loop {
                 n = d.set.ep.wait(0);
-                if !matches!(n, Ok(0)) || Instant::now() >= until {
+                let t = Instant::now();
+                if !matches!(n, Ok(0)) || t >= until {
                     break;
+                }
+                // ~1 µs between polls: a system call each time would be ~20 per wait
+                let next = t + LINGER_POLL;
+                while Instant::now() < next {
+                    std::hint::spin_loop();
                 }
             }
         }
