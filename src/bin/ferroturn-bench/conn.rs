@@ -268,6 +268,20 @@ impl Conn {
         }
     }
 
+    /// UDP: receive one datagram into `buf`; `Ok(None)` when none is waiting. A response is
+    /// one datagram, so the control driver reads one per readiness instead of until EAGAIN.
+    /// Streams: not used (`Ok(None)`).
+    pub fn recv_one(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self {
+            Conn::Udp(s) => match s.recv(buf) {
+                Ok(len) => Ok(Some(len)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            },
+            Conn::Tcp(_) => Ok(None),
+        }
+    }
+
     /// Read what is available and hand each frame to `f`. UDP: one datagram per call of
     /// `recv` (batched receiving lives in the worker); streams: every complete frame.
     /// Returns the number of frames; `Err` on a socket error or a closed/desynchronised stream.

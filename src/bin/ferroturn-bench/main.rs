@@ -9,7 +9,8 @@
 //!
 //! Design (see also README.md "Benchmarking"):
 //! - setup and teardown (`control.rs`): every client is its own socket and allocation; requests
-//!   run with `--concurrency` transactions outstanding over non-blocking sockets and poll(2):
+//!   run with `--concurrency` transactions outstanding over non-blocking sockets and one
+//!   edge-triggered epoll set (one recv per UDP answer, timers looked at only when due):
 //!   Allocate (401 → realm/nonce → MESSAGE-INTEGRITY; 438 → new nonce), CreatePermission,
 //!   ChannelBind (channel 0x4000 + i), at the end Refresh lifetime 0;
 //! - data (`worker.rs`): `--threads` workers each own a slice of the clients, pace their share
@@ -20,6 +21,7 @@
 //! - the built-in echo peer (`peer.rs`) sends every datagram back (recvmmsg/sendmmsg).
 mod conn;
 mod control;
+mod epoll;
 mod hist;
 mod mmsg;
 mod peer;
@@ -38,7 +40,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use conn::{Conn, Transport};
-use control::{drive, Client, DriveStats};
+use control::{drive, Client, ControlSet, DriveStats};
 use hist::Histogram;
 use proto::{Auth, Req, PAYLOAD_HEADER};
 use worker::{EpochStats, Mode, Steer, WorkerCfg, WorkerStats};
@@ -154,7 +156,8 @@ struct Args {
     /// Data-path worker threads (each owns a share of the clients).
     #[arg(long, short = 't', default_value_t = 1)]
     threads: usize,
-    /// Busy-poll instead of sleeping between ticks (lowest latency, burns a core).
+    /// Busy-poll instead of sleeping: between data ticks, and while control requests
+    /// (allocations, teardown) are outstanding (lowest latency, burns a core).
     #[arg(long)]
     spin: bool,
     /// Minimum pacing tick, microseconds: packets due are sent in one burst per tick, so at
@@ -343,23 +346,28 @@ fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     let timeout = Duration::from_secs_f64(a.timeout.max(0.1));
-    // one socket per client
+    let mut set = match ControlSet::new() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("epoll: {e}")),
+    };
+    set.spin = a.spin;
+    // one socket per client, registered for the control path once, before anything is timed
     let mut clients = Vec::with_capacity(a.allocations);
     for i in 0..a.allocations {
         let sock_buf = if a.allocate_only { 0 } else { a.sock_buf };
-        match Conn::open(a.transport, server, sock_buf, timeout) {
-            Ok(c) => clients.push(Client::new(
-                i,
-                c,
-                Auth::new(user.clone(), pass.clone(), a.realm.clone()),
-            )),
+        let mut c = match Conn::open(a.transport, server, sock_buf, timeout) {
+            Ok(c) => Client::new(i, c, Auth::new(user.clone(), pass.clone(), a.realm.clone())),
             Err(e) => return fail(format!("client {i}: cannot open a socket to {server}: {e}")),
+        };
+        if let Err(e) = set.register(&mut c) {
+            return fail(format!("client {i}: epoll_ctl: {e}"));
         }
+        clients.push(c);
     }
     if a.allocate_only {
-        run_allocate_only(&a, server, clients, timeout)
+        run_allocate_only(&a, server, &mut set, clients, timeout)
     } else {
-        run_data(&a, server, clients, timeout)
+        run_data(&a, server, set, clients, timeout)
     }
 }
 
@@ -451,7 +459,13 @@ fn lat_text(h: &Histogram) -> String {
 }
 
 /// Delete (Refresh lifetime 0) every allocated client unless --keep.
-fn teardown(a: &Args, clients: &mut [Client], timeout: Duration, server: SocketAddr) -> Value {
+fn teardown(
+    a: &Args,
+    set: &mut ControlSet,
+    clients: &mut [Client],
+    timeout: Duration,
+    server: SocketAddr,
+) -> Value {
     if a.keep {
         return json!({"kept": clients.iter().filter(|c| c.allocated).count()});
     }
@@ -464,7 +478,7 @@ fn teardown(a: &Args, clients: &mut [Client], timeout: Duration, server: SocketA
         }
     }
     let was = INTERRUPTED.swap(false, Ordering::Relaxed);
-    let st = drive(clients, a.concurrency, timeout, server, None);
+    let st = drive(set, clients, a.concurrency, timeout, server, None);
     if was {
         INTERRUPTED.store(true, Ordering::Relaxed);
     }
@@ -474,6 +488,7 @@ fn teardown(a: &Args, clients: &mut [Client], timeout: Duration, server: SocketA
 fn run_allocate_only(
     a: &Args,
     server: SocketAddr,
+    set: &mut ControlSet,
     mut clients: Vec<Client>,
     timeout: Duration,
 ) -> ExitCode {
@@ -489,10 +504,17 @@ fn run_allocate_only(
         );
     }
     let reopen = || Conn::open(a.transport, server, 0, timeout);
-    let st = drive(&mut clients, a.concurrency, timeout, server, Some(&reopen));
+    let st = drive(
+        set,
+        &mut clients,
+        a.concurrency,
+        timeout,
+        server,
+        Some(&reopen),
+    );
     if let Some(msg) = &st.aborted {
         if st.allocs_ok == 0 || msg.starts_with("authentication") {
-            let _ = teardown(a, &mut clients, timeout, server);
+            let _ = teardown(a, set, &mut clients, timeout, server);
             return fail(msg);
         }
     }
@@ -518,7 +540,7 @@ fn run_allocate_only(
                         lifetime: a.lifetime,
                     });
                 }
-                let r = drive(&mut clients, a.concurrency, timeout, server, None);
+                let r = drive(set, &mut clients, a.concurrency, timeout, server, None);
                 if r.failed > 0 {
                     eprintln!(
                         "ferroturn-bench: {} refreshes failed: {}",
@@ -531,7 +553,7 @@ fn run_allocate_only(
         }
         held = t.elapsed().as_secs_f64();
     }
-    let td = teardown(a, &mut clients, timeout, server);
+    let td = teardown(a, set, &mut clients, timeout, server);
     let report = json!({
         "mode": "allocate-only",
         "server": server.to_string(),
@@ -669,7 +691,13 @@ impl Progress<'_> {
     }
 }
 
-fn run_data(a: &Args, server: SocketAddr, mut clients: Vec<Client>, timeout: Duration) -> ExitCode {
+fn run_data(
+    a: &Args,
+    server: SocketAddr,
+    mut set: ControlSet,
+    mut clients: Vec<Client>,
+    timeout: Duration,
+) -> ExitCode {
     let duration = a.duration.unwrap_or(if a.saturate { 120.0 } else { 10.0 });
     let start_rate = a.rate.unwrap_or(if a.saturate { 5000.0 } else { 1000.0 });
     if start_rate <= 0.0 || !start_rate.is_finite() {
@@ -712,9 +740,16 @@ fn run_data(a: &Args, server: SocketAddr, mut clients: Vec<Client>, timeout: Dur
         });
     }
     let reopen = || Conn::open(a.transport, server, a.sock_buf, timeout);
-    let alloc = drive(&mut clients, a.concurrency, timeout, server, Some(&reopen));
+    let alloc = drive(
+        &mut set,
+        &mut clients,
+        a.concurrency,
+        timeout,
+        server,
+        Some(&reopen),
+    );
     if let Some(msg) = &alloc.aborted {
-        let _ = teardown(a, &mut clients, timeout, server);
+        let _ = teardown(a, &mut set, &mut clients, timeout, server);
         return fail(msg);
     }
     let allocs_per_s = alloc.allocs_ok as f64 / alloc.elapsed.as_secs_f64().max(1e-9);
@@ -754,10 +789,10 @@ fn run_data(a: &Args, server: SocketAddr, mut clients: Vec<Client>, timeout: Dur
             });
         }
     }
-    let bind = drive(&mut ok, a.concurrency, timeout, server, None);
+    let bind = drive(&mut set, &mut ok, a.concurrency, timeout, server, None);
     if let Some(msg) = &bind.aborted {
         ok.append(&mut bad);
-        let _ = teardown(a, &mut ok, timeout, server);
+        let _ = teardown(a, &mut set, &mut ok, timeout, server);
         return fail(msg);
     }
     if bind.failed > 0 {
@@ -782,11 +817,12 @@ fn run_data(a: &Args, server: SocketAddr, mut clients: Vec<Client>, timeout: Dur
     }
     if ready.is_empty() {
         let mut all = bad;
-        let _ = teardown(a, &mut all, timeout, server);
+        let _ = teardown(a, &mut set, &mut all, timeout, server);
         return fail("no client got its permission/channel");
     }
 
-    // 3. data
+    // 3. data; the control epoll set goes first (it would see every datagram of the run)
+    drop(set);
     let n_ready = ready.len();
     let threads = a.threads.min(n_ready);
     let steer = Arc::new(Steer::default());
@@ -984,7 +1020,10 @@ fn run_data(a: &Args, server: SocketAddr, mut clients: Vec<Client>, timeout: Dur
         p.echoed.load(Ordering::Relaxed)
     });
     back.extend(bad);
-    let td = teardown(a, &mut back, timeout, server);
+    let td = match ControlSet::new() {
+        Ok(mut set) => teardown(a, &mut set, &mut back, timeout, server),
+        Err(e) => json!({"error": format!("epoll: {e}")}),
+    };
 
     // 4. report
     let s = collect(&shared);

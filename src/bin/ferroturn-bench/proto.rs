@@ -148,9 +148,37 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+/// Transaction ids per getrandom call: 4 KiB of OS randomness serves 341 requests, instead of
+/// one system call per request (RFC 8489 §6: ids are cryptographically random; they still are).
+const TID_POOL: usize = 12 * 341;
+
+struct TidPool {
+    buf: [u8; TID_POOL],
+    used: usize,
+}
+
+thread_local! {
+    static TIDS: std::cell::RefCell<TidPool> = const {
+        std::cell::RefCell::new(TidPool { buf: [0; TID_POOL], used: TID_POOL })
+    };
+}
+
 fn random_tid() -> [u8; 12] {
     let mut t = [0u8; 12];
-    if getrandom::fill(&mut t).is_err() {
+    let pooled = TIDS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.used == TID_POOL {
+            if getrandom::fill(&mut p.buf).is_err() {
+                return false;
+            }
+            p.used = 0;
+        }
+        let u = p.used;
+        t.copy_from_slice(&p.buf[u..u + 12]);
+        p.used += 12;
+        true
+    });
+    if !pooled {
         let n = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
         t.copy_from_slice(&n.to_le_bytes()[..12]);
     }
@@ -375,6 +403,14 @@ mod tests {
             txn.on_message(&m, &mut auth, now, t, false),
             Outcome::Failed(Failure::AuthFailed(401, _))
         ));
+    }
+
+    #[test]
+    fn transaction_ids_differ_across_pool_refills() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 * TID_POOL / 12 {
+            assert!(seen.insert(random_tid()), "a transaction id came twice");
+        }
     }
 
     #[test]
