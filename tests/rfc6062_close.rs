@@ -16,13 +16,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{start_server, ServerOpts, PASS, REALM, USER};
-use ferroturn::codec::framing::frame_len;
-use ferroturn::codec::stun::{
-    attr, decode_error_code, decode_u32, decode_xor_addr, method, Class, IntegrityKind, Message,
-    Writer,
-};
-use ferroturn::codec::{channel_data, long_term_key_md5};
+use common::stream::{tcp, StreamClient};
+use common::{start_server, ServerOpts, USER};
+use ferroturn::codec::stun::{attr, decode_u32, method, Message};
 
 /// One network step (a request, an accept).
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,13 +64,6 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
-}
-
-fn tcp(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
 }
 
 /// Accept one connection within IO_TIMEOUT.
@@ -124,147 +113,29 @@ fn exchange(data: &mut TcpStream, peer: &mut TcpStream, salt: u8) {
     assert_eq!(got, down);
 }
 
-/// A small blocking TURN client over TCP (long-term credentials).
-struct Client {
-    s: TcpStream,
-    rbuf: Vec<u8>,
-    realm: Vec<u8>,
-    nonce: Vec<u8>,
-    key: [u8; 16],
-    tid: u8,
-}
+type Client = StreamClient<TcpStream>;
 
-impl Client {
-    fn new(addr: SocketAddr) -> Self {
-        Client {
-            s: tcp(addr),
-            rbuf: Vec::new(),
-            realm: Vec::new(),
-            nonce: Vec::new(),
-            key: long_term_key_md5(USER, REALM, PASS),
-            tid: 0,
-        }
-    }
-
-    fn frame(&mut self) -> Vec<u8> {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            let framed = frame_len(&self.rbuf, channel_data::MAX_CHANNEL);
-            if let Some(n) = framed.expect("server sends TURN framing") {
-                return self.rbuf.drain(..n).collect();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no message within {IO_TIMEOUT:?}"
-            );
-            let mut b = [0u8; 4096];
-            let n = self.s.read(&mut b).expect("read from server");
-            assert!(n > 0, "server closed the connection");
-            self.rbuf.extend_from_slice(&b[..n]);
-        }
-    }
-
-    /// One request with the 401 dance; Ok(response) on success, Err(code) otherwise.
-    fn request(&mut self, m: u16, body: impl Fn(&mut Writer)) -> Result<Vec<u8>, u16> {
-        for _ in 0..3 {
-            self.tid += 1;
-            let tid = [self.tid; 12];
-            let mut buf = Vec::new();
-            let mut w = Writer::new(&mut buf, m, Class::Request, &tid);
-            body(&mut w);
-            if !self.nonce.is_empty() {
-                w.attr(attr::USERNAME, USER.as_bytes())
-                    .attr(attr::REALM, &self.realm)
-                    .attr(attr::NONCE, &self.nonce)
-                    .integrity(IntegrityKind::Sha1, &self.key);
-            }
-            self.s.write_all(&buf).unwrap();
-            let resp = self.frame();
-            let msg = Message::parse(&resp).expect("a STUN response");
-            assert_eq!(msg.transaction_id(), tid);
-            if msg.class == Class::Success {
-                return Ok(resp);
-            }
-            let (code, _) = decode_error_code(msg.get(attr::ERROR_CODE).unwrap()).unwrap();
-            if code == 401 || code == 438 {
-                self.realm = msg.get(attr::REALM).unwrap().to_vec();
-                self.nonce = msg.get(attr::NONCE).unwrap().to_vec();
-                continue;
-            }
-            return Err(code);
-        }
-        panic!("authentication did not converge");
-    }
-
-    fn allocate_tcp(&mut self) -> SocketAddr {
-        let resp = self
-            .request(method::ALLOCATE, |w| {
-                w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
-            })
-            .expect("TCP Allocate");
-        let m = Message::parse(&resp).unwrap();
-        decode_xor_addr(
-            m.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
-            &m.transaction_id(),
-        )
-        .unwrap()
-    }
-
-    fn connect(&mut self, peer: SocketAddr) -> u32 {
-        let resp = self
-            .request(method::CONNECT, |w| {
-                w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
-            })
-            .expect("Connect");
-        let m = Message::parse(&resp).unwrap();
-        decode_u32(m.get(attr::CONNECTION_ID).unwrap()).unwrap()
-    }
-
-    fn create_permission(&mut self, peer: SocketAddr) {
-        self.request(method::CREATE_PERMISSION, |w| {
-            w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
-        })
-        .expect("CreatePermission");
-    }
-
-    fn refresh_zero(&mut self) {
-        self.request(method::REFRESH, |w| {
-            w.u32(attr::LIFETIME, 0);
-        })
-        .expect("Refresh LIFETIME 0");
-    }
-
-    /// The CONNECTION-ID of the next ConnectionAttempt (§5.3).
-    fn connection_attempt(&mut self) -> u32 {
-        let f = self.frame();
-        let m = Message::parse(&f).unwrap();
-        assert_eq!(
-            (m.method, m.class),
-            (method::CONNECTION_ATTEMPT, Class::Indication)
-        );
-        decode_u32(m.get(attr::CONNECTION_ID).unwrap()).unwrap()
-    }
-
-    /// A new connection bound to `id` (§5.4): from now on it carries the peer's bytes.
-    fn data_connection(addr: SocketAddr, id: u32) -> Result<TcpStream, u16> {
-        let mut d = Client::new(addr);
-        d.request(method::CONNECTION_BIND, |w| {
-            w.u32(attr::CONNECTION_ID, id);
-        })?;
-        assert!(d.rbuf.is_empty());
-        Ok(d.s)
-    }
+/// A new connection bound to `id` (RFC 6062 §5.4): from now on it carries the peer's bytes.
+fn data_connection(addr: SocketAddr, id: u32) -> Result<TcpStream, u16> {
+    let mut d = Client::new(tcp(addr));
+    d.try_request(method::CONNECTION_BIND, |w| {
+        w.u32(attr::CONNECTION_ID, id);
+    })?;
+    assert_eq!(d.buffered(), 0);
+    Ok(d.into_inner())
 }
 
 /// A TCP allocation with one Connect-ed, bound and exercised connection:
 /// (control, data connection, peer side).
 fn spliced_connect(addr: SocketAddr) -> (Client, TcpStream, TcpStream, TcpListener) {
     let peer_l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut control = Client::new(addr);
+    let mut control = Client::new(tcp(addr));
     control.allocate_tcp();
-    let id = control.connect(peer_l.local_addr().unwrap());
+    let id = control
+        .connect(peer_l.local_addr().unwrap())
+        .expect("Connect");
     let mut peer = accept(&peer_l);
-    let mut data = Client::data_connection(addr, id).expect("ConnectionBind");
+    let mut data = data_connection(addr, id).expect("ConnectionBind");
     exchange(&mut data, &mut peer, 1);
     (control, data, peer, peer_l)
 }
@@ -324,9 +195,11 @@ fn admin_kill_closes_data_and_peer_connections() {
     assert_closed(&mut peer, "peer connection");
     // The control connection stays; the client learns of the kill on its next Refresh.
     assert_eq!(
-        control.request(method::REFRESH, |w| {
-            w.u32(attr::LIFETIME, 600);
-        }),
+        control
+            .try_request(method::REFRESH, |w| {
+                w.u32(attr::LIFETIME, 600);
+            })
+            .map(|_| ()),
         Err(437)
     );
 }
@@ -337,7 +210,7 @@ fn unbound_peer_connection_is_closed_with_the_allocation() {
     let srv = server(1);
     let addr = srv.server().tcp_addrs()[0];
     let idle = fds();
-    let mut control = Client::new(addr);
+    let mut control = Client::new(tcp(addr));
     let relayed = control.allocate_tcp();
     control.create_permission("127.0.0.1:1".parse().unwrap());
     // §5.3: the peer connects, the client hears a ConnectionAttempt and does not bind it.
@@ -346,7 +219,7 @@ fn unbound_peer_connection_is_closed_with_the_allocation() {
     control.refresh_zero();
     assert_closed(&mut peer, "unbound peer connection");
     // Gone from the shared table too: a late ConnectionBind gets 400.
-    assert_eq!(Client::data_connection(addr, id).err(), Some(400));
+    assert_eq!(data_connection(addr, id).err(), Some(400));
     // Held here: control, peer (the late data connection is dropped); server: control.
     let n = fds_settle(idle + 2 + 1);
     println!("fds: idle {idle}, after {n} (2 of the test's, 1 control connection)");
@@ -359,7 +232,7 @@ fn two_shards_data_connections_on_either_shard_are_closed() {
     let srv = server(2);
     let addr = srv.server().tcp_addrs()[0];
     let idle = fds();
-    let mut control = Client::new(addr);
+    let mut control = Client::new(tcp(addr));
     let relayed = control.allocate_tcp();
     control.create_permission("127.0.0.1:1".parse().unwrap());
     // Incoming peer connections (each from its own port, so each its own peer), bound on new
@@ -372,7 +245,7 @@ fn two_shards_data_connections_on_either_shard_are_closed() {
         for k in 0..6u8 {
             let mut peer = tcp(relayed);
             let id = control.connection_attempt();
-            let mut data = Client::data_connection(addr, id).expect("ConnectionBind");
+            let mut data = data_connection(addr, id).expect("ConnectionBind");
             exchange(&mut data, &mut peer, round * 6 + k);
             pairs.push((data, peer));
         }
@@ -412,7 +285,7 @@ fn two_shards_peer_closing_frees_the_peer_for_a_new_connect() {
     let addr = srv.server().tcp_addrs()[0];
     let peer_l = TcpListener::bind("127.0.0.1:0").unwrap();
     let p = peer_l.local_addr().unwrap();
-    let mut control = Client::new(addr);
+    let mut control = Client::new(tcp(addr));
     control.allocate_tcp();
     // Each data connection lands on either shard (probability 1/2 each): 10 rounds.
     for round in 0..10u8 {
@@ -421,7 +294,7 @@ fn two_shards_peer_closing_frees_the_peer_for_a_new_connect() {
         // LAST_ACK (the new handshake fails: 447): both are retried for at most CLOSE_WITHIN.
         let start = Instant::now();
         let id = loop {
-            let r = control.request(method::CONNECT, |w| {
+            let r = control.try_request(method::CONNECT, |w| {
                 w.xor_addr(attr::XOR_PEER_ADDRESS, p);
             });
             match r {
@@ -436,7 +309,7 @@ fn two_shards_peer_closing_frees_the_peer_for_a_new_connect() {
             }
         };
         let mut peer = accept(&peer_l);
-        let mut data = Client::data_connection(addr, id).expect("ConnectionBind");
+        let mut data = data_connection(addr, id).expect("ConnectionBind");
         exchange(&mut data, &mut peer, round);
         // The peer closes first (its side keeps TIME_WAIT, so the relay can connect again
         // from the same address), and the splice ends.

@@ -420,14 +420,7 @@ mod tests {
             let b = std::net::UdpSocket::bind(bind).unwrap();
             let to = b.local_addr().unwrap();
             let payloads: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 1 + i as usize * 50]).collect();
-            let outs: Vec<Out> = payloads
-                .iter()
-                .map(|p| Out {
-                    to,
-                    ptr: p.as_ptr(),
-                    len: p.len(),
-                })
-                .collect();
+            let outs = outs_to(to, &payloads);
             // SAFETY: the payloads outlive the call.
             assert_eq!(unsafe { send(a.as_raw_fd(), &outs) }, 0);
             let mut batch = Batch::new();
@@ -443,6 +436,18 @@ mod tests {
             }
             assert_eq!(got, payloads);
         }
+    }
+
+    /// One `Out` to `to` per payload.
+    fn outs_to(to: SocketAddr, payloads: &[Vec<u8>]) -> Vec<Out> {
+        payloads
+            .iter()
+            .map(|p| Out {
+                to,
+                ptr: p.as_ptr(),
+                len: p.len(),
+            })
+            .collect()
     }
 
     /// Receive datagrams on `b` until `want` arrived or 5 s passed.
@@ -547,14 +552,7 @@ mod tests {
         let to = b.local_addr().unwrap();
         // 1301 B: a size no other test sends, above the floor, so the lowered limit is ours.
         let payloads: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1301]).collect();
-        let outs: Vec<Out> = payloads
-            .iter()
-            .map(|p| Out {
-                to,
-                ptr: p.as_ptr(),
-                len: p.len(),
-            })
-            .collect();
+        let outs = outs_to(to, &payloads);
         let mut refused = 0;
         // SAFETY: the payloads outlive the call.
         assert_eq!(
@@ -568,14 +566,7 @@ mod tests {
         assert_eq!(GSO_MAX_SEG_V4.load(Ordering::Relaxed), 1300);
         // Refused at or below the floor: resent plainly, the limit stays.
         let small: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1000]).collect();
-        let outs: Vec<Out> = small
-            .iter()
-            .map(|p| Out {
-                to,
-                ptr: p.as_ptr(),
-                len: p.len(),
-            })
-            .collect();
+        let outs = outs_to(to, &small);
         // SAFETY: the payloads outlive the call.
         assert_eq!(unsafe { send(a.as_raw_fd(), &outs) }, 0);
         let got: Vec<Vec<u8>> = recv_all(&b, 4).into_iter().map(|(_, p)| p).collect();
@@ -625,14 +616,7 @@ mod tests {
             let mut payloads: Vec<Vec<u8>> = vec![b"pong".to_vec()];
             payloads.extend((0..5u8).map(|i| vec![i; 500]));
             payloads.push(vec![9; 300]);
-            let outs: Vec<Out> = payloads
-                .iter()
-                .map(|p| Out {
-                    to: batch.from[0],
-                    ptr: p.as_ptr(),
-                    len: p.len(),
-                })
-                .collect();
+            let outs = outs_to(batch.from[0], &payloads);
             let mut refused = 0;
             // SAFETY: the payloads outlive the calls.
             unsafe {

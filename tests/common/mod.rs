@@ -5,6 +5,8 @@
 //! configuration struct only needs adapting here.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod stream;
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
