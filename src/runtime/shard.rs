@@ -208,8 +208,8 @@ struct Shard {
     /// order (one timeout for all, so the queue is sorted): (deadline, slot, 5-tuple).
     tcp: TcpLimitStats,
     deadlines: std::collections::VecDeque<(Instant, usize, FiveTuple)>,
-    /// Answers to UDP clients; while a listener batch is being handled (`defer_udp`) they
-    /// wait here and leave together by `sendmmsg` after it, else at the end of `flush`.
+    /// Answers to UDP clients; while a listener is being read (`defer_udp`) they wait here and
+    /// leave together by `sendmmsg` after each recvmmsg round, else at the end of `flush`.
     udp_answers: Vec<crate::engine::Transmit>,
     defer_udp: bool,
 }
@@ -537,6 +537,8 @@ impl Shard {
                 }
             }
             self.send_to_peers(&outs[..k], &via[..k]);
+            // This round's answers go now: one sendmmsg, and none waits for later rounds.
+            self.send_udp_answers();
             if n < BATCH {
                 return;
             }
@@ -573,9 +575,10 @@ impl Shard {
                 }
             };
             // Wildcard listener: the address the client connected to (getsockname).
-            let server = match sock.local_addr() {
-                Ok(a) if server.ip().is_unspecified() => a,
-                _ => *server,
+            let server = if server.ip().is_unspecified() {
+                sock.local_addr().unwrap_or(*server)
+            } else {
+                *server
             };
             let tls = tls.clone();
             if !self.admit_conn(client) {

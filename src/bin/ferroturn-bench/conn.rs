@@ -269,7 +269,8 @@ impl Conn {
     }
 
     /// UDP: receive one datagram into `buf`; `Ok(None)` when none is waiting. A response is
-    /// one datagram, so the control driver reads one per readiness instead of until EAGAIN.
+    /// one datagram, so the control driver reads until one answers its transaction (at most
+    /// 64 per readiness), not until EAGAIN.
     /// Streams: not used (`Ok(None)`).
     pub fn recv_one(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         match self {

@@ -202,6 +202,17 @@ impl ControlSet {
     /// Register the client's current socket, unless it already is.
     pub fn register(&self, c: &mut Client) -> std::io::Result<()> {
         if c.set != self.id {
+            // Nothing is outstanding for this client now, so whatever UDP datagrams wait on its
+            // socket (echoes that came after the data phase) are stale: drop them, or an
+            // answer could queue behind more of them than one readiness reads.
+            if !c.conn.is_stream() {
+                let mut b = [0u8; 2048];
+                for _ in 0..100_000 {
+                    if !matches!(c.conn.recv_one(&mut b), Ok(Some(_))) {
+                        break;
+                    }
+                }
+            }
             self.ep.add(c.conn.fd(), c.idx as u64, c.conn.is_stream())?;
             c.set = self.id;
         }

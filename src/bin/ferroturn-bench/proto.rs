@@ -179,7 +179,14 @@ fn random_tid() -> [u8; 12] {
         true
     });
     if !pooled {
-        let n = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
+        // getrandom failed: a counter mixed with the wall clock and the pid still gives
+        // distinct ids (they need to be unique, not secret, for a load client).
+        static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let k = FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = clock ^ (u128::from(k) << 64) ^ u128::from(std::process::id());
         t.copy_from_slice(&n.to_le_bytes()[..12]);
     }
     t
