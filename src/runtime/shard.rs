@@ -978,21 +978,8 @@ impl Shard {
                     flush_stream(c, self.poll.registry(), ci);
                 }
             }
-            // One sendmmsg per run of the same listening socket (usually the whole batch).
-            let mut s = 0;
-            while s < k {
-                let server = via[s];
-                let mut e = s + 1;
-                while e < k && via[e] == server {
-                    e += 1;
-                }
-                if let Some((fd, src)) = udp_route(&self.listeners, server) {
-                    // SAFETY: the messages point into `self.batch`, untouched until the next recv.
-                    let dropped = unsafe { batch::send_from(fd, &outs[s..e], src) };
-                    self.send_errors += dropped as u64;
-                }
-                s = e;
-            }
+            // SAFETY: the messages point into `self.batch`, untouched until the next recv.
+            self.send_errors += unsafe { send_to_clients(&self.listeners, &outs[..k], &via[..k]) };
             if n < BATCH {
                 return;
             }
@@ -1083,29 +1070,23 @@ impl Shard {
         if self.udp_answers.is_empty() {
             return;
         }
-        let answers = std::mem::take(&mut self.udp_answers);
+        let mut answers = std::mem::take(&mut self.udp_answers);
         let mut outs = [NO_OUT; BATCH];
-        let mut s = 0;
-        while s < answers.len() {
-            let server = answers[s].tuple.server;
-            let mut k = 0;
-            while s + k < answers.len() && k < BATCH && answers[s + k].tuple.server == server {
-                let t = &answers[s + k];
-                outs[k] = Out {
+        let mut via = [SocketAddr::from(([0, 0, 0, 0], 0)); BATCH];
+        for chunk in answers.chunks(BATCH) {
+            for (i, t) in chunk.iter().enumerate() {
+                outs[i] = Out {
                     to: t.tuple.client,
                     ptr: t.data.as_ptr(),
                     len: t.data.len(),
                 };
-                k += 1;
+                via[i] = t.tuple.server;
             }
-            if let Some((fd, src)) = udp_route(&self.listeners, server) {
-                // SAFETY: the answers' buffers live across the call.
-                self.send_errors += unsafe { batch::send_from(fd, &outs[..k], src) } as u64;
-            }
-            s += k;
+            let k = chunk.len();
+            // SAFETY: the answers' buffers live across the call.
+            self.send_errors += unsafe { send_to_clients(&self.listeners, &outs[..k], &via[..k]) };
         }
         // keep the capacity for the next batch
-        let mut answers = answers;
         answers.clear();
         self.udp_answers = answers;
     }
@@ -1458,6 +1439,29 @@ fn udp_route(
         }
     }
     wildcard
+}
+
+/// `sendmmsg` per run of datagrams in `outs` for clients of the same listening address (`via`:
+/// the 5-tuples' server side), from the listener `udp_route` picks; returns how many were
+/// dropped.
+///
+/// # Safety
+/// Every `Out` must point to memory that stays valid and unmodified for the call.
+unsafe fn send_to_clients(listeners: &[Listener], outs: &[Out], via: &[SocketAddr]) -> u64 {
+    let (mut s, mut dropped) = (0, 0);
+    while s < outs.len() {
+        let server = via[s];
+        let mut e = s + 1;
+        while e < outs.len() && via[e] == server {
+            e += 1;
+        }
+        if let Some((fd, src)) = udp_route(listeners, server) {
+            // SAFETY: the caller keeps the payloads valid.
+            dropped += unsafe { batch::send_from(fd, &outs[s..e], src) } as u64;
+        }
+        s = e;
+    }
+    dropped
 }
 
 /// `sendmmsg` per run of datagrams in `outs` leaving by the same relay socket (`via`); returns
