@@ -282,6 +282,36 @@ impl Drop for Netns {
     }
 }
 
+/// Run `f` on a thread inside a namespace of our own, made with `setup` (`ip -n NS ...`
+/// commands) and deleted afterwards, also when `f` panics (the panic is passed on). None, with
+/// a SKIPPED line, when not root.
+fn in_netns<T: Send + 'static>(
+    tag: &str,
+    setup: &[&str],
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for a network namespace");
+        return None;
+    }
+    let ns = Netns::create(format!("ftp-{tag}-{}", std::process::id()), setup);
+    let name = ns.0.clone();
+    // The server's shard threads, spawned from this thread, inherit its namespace.
+    let result = std::thread::spawn(move || {
+        let inner = Netns(name);
+        inner.enter();
+        std::mem::forget(inner); // the outer guard deletes it
+        f()
+    })
+    .join();
+    drop(ns);
+    match result {
+        Ok(r) => Some(r),
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
 fn ip(args: &[&str]) -> bool {
     std::process::Command::new("ip")
         .args(args)
@@ -295,28 +325,15 @@ fn ip(args: &[&str]) -> bool {
 /// client is connected to the second.
 #[test]
 fn ipv6_wildcard_replies_from_the_address_the_client_used() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for a network namespace");
-        return;
-    }
-    let ns = Netns::create(
-        format!("ftp-v6-{}", std::process::id()),
-        &[
-            "link set lo up",
-            "link add ftp0 type veth peer name ftp1",
-            "addr add fd00:70::1/64 dev ftp0 nodad",
-            "addr add fd00:70::2/64 dev ftp0 nodad",
-            "link set ftp0 up",
-            "link set ftp1 up",
-        ],
-    );
-    let name = ns.0.clone();
-    // Everything on a thread inside the namespace; the server's shard threads inherit it.
-    let result = std::thread::spawn(move || {
-        let ns = Netns(name);
-        ns.enter();
-        std::mem::forget(ns); // the outer guard deletes it
+    let setup = [
+        "link set lo up",
+        "link add ftp0 type veth peer name ftp1",
+        "addr add fd00:70::1/64 dev ftp0 nodad",
+        "addr add fd00:70::2/64 dev ftp0 nodad",
+        "link set ftp0 up",
+        "link set ftp1 up",
+    ];
+    let Some((list, client, tcp_client, used)) = in_netns("v6", &setup, || {
         let (server, port) = start("::".parse().unwrap(), |c| {
             c.relay_ip.push("fd00:70::1".into());
         });
@@ -326,12 +343,8 @@ fn ipv6_wildcard_replies_from_the_address_the_client_used() {
         let list = sessions(&server);
         server.shutdown();
         (list, client, tcp_client, used)
-    })
-    .join();
-    drop(ns);
-    let (list, client, tcp_client, used) = match result {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e),
+    }) else {
+        return;
     };
     assert!(
         list.contains(&(Transport::Udp, client, used)),
@@ -348,26 +361,14 @@ fn ipv6_wildcard_replies_from_the_address_the_client_used() {
 /// 11.0.0.7 is an ordinary public address, on an interface of a namespace of our own.
 #[test]
 fn wildcard_listener_makes_every_host_address_own() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for a network namespace");
-        return;
-    }
-    let ns = Netns::create(
-        format!("ftp-own-{}", std::process::id()),
-        &[
-            "link set lo up",
-            "link add ftp0 type veth peer name ftp1",
-            "addr add 11.0.0.7/24 dev ftp0",
-            "link set ftp0 up",
-            "link set ftp1 up",
-        ],
-    );
-    let name = ns.0.clone();
-    let result = std::thread::spawn(move || {
-        let ns = Netns(name);
-        ns.enter();
-        std::mem::forget(ns); // the outer guard deletes it
+    let setup = [
+        "link set lo up",
+        "link add ftp0 type veth peer name ftp1",
+        "addr add 11.0.0.7/24 dev ftp0",
+        "link set ftp0 up",
+        "link set ftp1 up",
+    ];
+    let got = in_netns("own", &setup, || {
         let (server, port) = start(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |_| {});
         let mut t = TurnUdp::new(SocketAddr::from(([127, 0, 0, 1], port)), USER, PASS, REALM);
         t.allocate().expect("Allocate");
@@ -380,11 +381,8 @@ fn wildcard_listener_makes_every_host_address_own() {
         ];
         server.shutdown();
         got
-    })
-    .join();
-    drop(ns);
-    match result {
-        Ok(got) => assert_eq!(got, [Err(403), Err(403), Ok(())]),
-        Err(e) => std::panic::resume_unwind(e),
+    });
+    if let Some(got) = got {
+        assert_eq!(got, [Err(403), Err(403), Ok(())]);
     }
 }
