@@ -2,10 +2,13 @@
 # compare-coturn.sh - coturn vs ferroturn, back to back, same pinning, same load.
 #
 # Usage: benches/compare-coturn.sh [--runs N] [--smoke] [--json FILE] [--no-build]
+#                                  [--ferroturn-args "ARGS"]
 #   --runs N     runs of every scenario per server (default 3); medians are reported
 #   --smoke      one short run of each scenario (< 2 min): proves the script works
 #   --json FILE  also write every measurement and the medians as JSON
 #   --no-build   use the binaries already in $CARGO_TARGET_DIR (default target)/release
+#   --ferroturn-args "ARGS"  extra ferroturn options, split on spaces (e.g.
+#                "--relay-coalesce-us 50"); printed with the table
 #
 # Servers run one at a time on loopback, pinned to CPU $SERVER_CPU (default 1, one relay
 # thread each: coturn --relay-threads 1, ferroturn -m 1); the load (ferroturn-bench, coturn's
@@ -26,13 +29,15 @@ RUNS=3
 SMOKE=0
 JSON_OUT=
 BUILD=1
+FERRO_ARGS=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
     --smoke) SMOKE=1; RUNS=1; shift ;;
     --json) JSON_OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --ferroturn-args) FERRO_ARGS=$2; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "compare-coturn.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -73,7 +78,7 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
 printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$OUT/ext.cnf"
 openssl x509 -req -in "$OUT/server.csr" -CA "$OUT/ca.crt" -CAkey "$OUT/ca.key" -CAcreateserial \
   -days 2 -extfile "$OUT/ext.cnf" -out "$OUT/server.crt" 2>/dev/null
-export ROOT TARGET SERVER_CPU LOAD_CPU RUNS SMOKE JSON_OUT OUT
+export ROOT TARGET SERVER_CPU LOAD_CPU RUNS SMOKE JSON_OUT OUT FERRO_ARGS
 exec python3 - <<'PYEOF'
 import json, os, signal, statistics, subprocess, sys, time
 
@@ -81,6 +86,7 @@ OUT = os.environ["OUT"]
 BIN = os.environ["TARGET"] + "/release/"
 SCPU, LCPU = os.environ["SERVER_CPU"], os.environ["LOAD_CPU"]
 RUNS, SMOKE = int(os.environ["RUNS"]), os.environ["SMOKE"] == "1"
+FERRO_ARGS = os.environ.get("FERRO_ARGS", "").split()
 HOST, COTURN_PORT, FERRO_PORT, PEER_PORT = "127.0.0.1", 9478, 9480, 9490
 COTURN_TLS, FERRO_TLS = 9486, 9488
 CERT, KEY, CA = f"{OUT}/server.crt", f"{OUT}/server.key", f"{OUT}/ca.crt"
@@ -171,7 +177,7 @@ class Server:
                    # every client is 127.0.0.1: lift the per-source abuse limits (coturn has
                    # none by default) so 10 000 allocations from one address are allowed
                    "--max-allocations-per-ip", "0", "--max-allocations-per-prefix", "0",
-                   "--max-requests-per-ip", "0", "--max-401-per-ip", "0"]
+                   "--max-requests-per-ip", "0", "--max-401-per-ip", "0"] + FERRO_ARGS
         if port_open(self.port):
             sys.exit(f"compare-coturn.sh: UDP port {self.port} is already in use")
         self.p = spawn(cmd, SCPU, log)
@@ -372,7 +378,8 @@ cv = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "coturn"], capture_out
                     text=True).stdout or "?"
 print(f"\n### coturn {cv} vs ferroturn, median of {RUNS} run(s), "
       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-      f"server on CPU {SCPU}, load on CPU {LCPU}, {elapsed:.0f} s\n")
+      f"server on CPU {SCPU}, load on CPU {LCPU}, {elapsed:.0f} s"
+      + (f", ferroturn with `{' '.join(FERRO_ARGS)}`" if FERRO_ARGS else "") + "\n")
 print("| scenario | unit | coturn | ferroturn | ferroturn / coturn |")
 print("|---|---|---:|---:|---:|")
 for r in rows:
@@ -384,6 +391,7 @@ print("\n(ratio: ferroturn / coturn; for RSS and p99 lower is better, so < 1 is 
       " >= : the saturation search hit its time cap before any loss)")
 if os.environ.get("JSON_OUT"):
     with open(os.environ["JSON_OUT"], "w") as fh:
-        json.dump({"runs": RUNS, "smoke": SMOKE, "coturn_version": cv, "rows": rows, "raw": raw},
+        json.dump({"runs": RUNS, "smoke": SMOKE, "coturn_version": cv,
+                   "ferroturn_args": FERRO_ARGS, "rows": rows, "raw": raw},
                   fh, indent=1)
 PYEOF

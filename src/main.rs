@@ -195,6 +195,7 @@ async fn control_loop(
                     new.engine.rfc5780 = running.engine.rfc5780;
                     ops.set_config(&new);
                     server.reload(new.engine);
+                    server.set_relay_coalesce(new.relay_coalesce);
                     if let Err(e) = log.set_level(&new.log_level) {
                         warn!(error = %e, "log level not changed");
                     }

@@ -129,6 +129,13 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_udp_gso: bool,
 
+    /// Interrupt coalescing for the relay: under dense traffic a shard polls at most once per
+    /// this many microseconds, so one wake-up serves several datagrams (fewer system calls and
+    /// wake-ups per packet, up to this much added latency per pass); 0-1000 [default: 0, off]
+    /// (config: relay-coalesce-us; no coturn equivalent).
+    #[arg(long, value_name = "US", global = true)]
+    pub relay_coalesce_us: Option<u64>,
+
     /// Peer IP, CIDR or coturn range A-B that is always allowed, overriding every deny rule;
     /// repeatable (coturn: --allowed-peer-ip).
     #[arg(long, value_name = "RANGE", global = true)]

@@ -59,6 +59,8 @@ pub const DEFAULT_UDP_BUFFER: usize = 4 * 1024 * 1024;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Clients refresh about a minute before expiry (RFC 8656 §7), so shorter lifetimes churn.
 pub const MIN_ALLOCATE_LIFETIME: u64 = 60;
+/// Cap on `relay-coalesce-us`: past 1 ms the added delay starts to matter to media.
+const MAX_RELAY_COALESCE_US: u64 = 1000;
 /// Sanity cap on `relay-threads`.
 pub const MAX_RELAY_THREADS: u64 = 1024;
 
@@ -118,6 +120,7 @@ struct FileConfig {
     udp_recv_buffer: Option<i64>,
     udp_send_buffer: Option<i64>,
     udp_gso: Option<bool>,
+    relay_coalesce_us: Option<i64>,
     // Abuse limits (config/abuse.rs).
     max_allocations_per_ip: Option<i64>,
     max_allocations_per_prefix: Option<i64>,
@@ -294,6 +297,9 @@ pub struct Config {
     pub udp_send_buffer: usize,
     /// `udp-gso`: send runs of equal-size datagrams for one destination as one GSO message.
     pub udp_gso: bool,
+    /// `relay-coalesce-us`: under dense traffic a shard polls at most once per this window, so
+    /// one wake-up handles several datagrams (zero = off, the default).
+    pub relay_coalesce: Duration,
     /// `no-udp`: no UDP listeners (`listen` is empty).
     pub no_udp: bool,
     /// `proc-user` / `proc-group`: drop privileges to these after binding.
@@ -560,6 +566,13 @@ impl Config {
                 "off"
             }
         );
+        if !self.relay_coalesce.is_zero() {
+            let _ = write!(
+                s,
+                "\n  relay coalescing:  {} µs window under dense traffic",
+                self.relay_coalesce.as_micros()
+            );
+        }
         let o = &self.ops;
         let off = || "off".to_owned();
         let _ = write!(
@@ -1592,6 +1605,13 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         DEFAULT_UDP_BUFFER as u64,
         buffer_range,
     )?;
+    let (relay_coalesce_us, _) = int(
+        ctx,
+        "relay-coalesce-us",
+        pick_num(cli.relay_coalesce_us, fc.relay_coalesce_us),
+        0,
+        (0, MAX_RELAY_COALESCE_US),
+    )?;
 
     let abuse = abuse::resolve(ctx, &cli.abuse, &abuse_file, relay_threads)?;
     let (ops, alternate_servers) = resolve_ops(
@@ -1653,6 +1673,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         udp_recv_buffer: udp_recv_buffer as usize,
         udp_send_buffer: udp_send_buffer as usize,
         udp_gso: !cli.no_udp_gso && fc.udp_gso.unwrap_or(true),
+        relay_coalesce: Duration::from_micros(relay_coalesce_us),
         no_udp,
         proc_user: abuse.proc_user,
         proc_group: abuse.proc_group,
@@ -1897,6 +1918,19 @@ mod tests {
         assert!(s.contains("listen (udp):      127.0.0.1:3478\n"), "{s}");
         assert!(s.contains("listen (tcp):      127.0.0.1:3478\n"), "{s}");
         assert!(s.contains("TLS:               off (no cert/pkey)\n"), "{s}");
+        assert!(c.relay_coalesce.is_zero(), "coalescing is opt-in");
+        assert!(!s.contains("coalescing"), "{s}");
+    }
+
+    #[test]
+    fn relay_coalesce_from_file_and_cli() {
+        let file = "relay-coalesce-us = 50";
+        let c = load_text(file, &["-u", "a:b", "-L", "127.0.0.1"]).unwrap();
+        assert_eq!(c.relay_coalesce, Duration::from_micros(50));
+        assert!(c.summary().contains("relay coalescing:  50 µs"));
+        let args = ["-u", "a:b", "-L", "127.0.0.1", "--relay-coalesce-us", "0"];
+        let c = load_text(file, &args).unwrap();
+        assert!(c.relay_coalesce.is_zero(), "the command line wins");
     }
 
     #[test]
@@ -2098,6 +2132,8 @@ mod tests {
             ("stale-nonce = 0", &[], "turnserver.toml: key 'stale-nonce': must be at least 1, got 0"),
             ("user-quota = -1", &[], "turnserver.toml: key 'user-quota': -1 is out of range (0-4294967295)"),
             ("relay-threads = 0", &[], "turnserver.toml: key 'relay-threads': must be at least 1, got 0"),
+            ("relay-coalesce-us = 1001", &[], "turnserver.toml: key 'relay-coalesce-us': 1001 is out of range (0-1000)"),
+            ("", &["--relay-coalesce-us", "5000"], "command line: option '--relay-coalesce-us': 5000 is out of range (0-1000)"),
             ("", &["--relay-threads", "0"], "command line: option '--relay-threads': must be at least 1, got 0"),
             ("relay-threads = 5000", &[], "turnserver.toml: key 'relay-threads': 5000 is out of range (1-1024)"),
             ("software = \"\"", &[], "turnserver.toml: key 'software': must not be empty; leave it unset to not send SOFTWARE"),

@@ -178,6 +178,7 @@ impl Server {
                     engine,
                     listeners,
                     opts,
+                    cfg.relay_coalesce,
                     peer_streams.clone(),
                     mailboxes.clone(),
                 )
@@ -231,6 +232,13 @@ impl Server {
         let cfg = Arc::new(cfg);
         for s in &self.shards {
             s.send(Control::Reload(cfg.clone()));
+        }
+    }
+
+    /// `relay-coalesce-us` for every shard (reloadable: a restart would drop every call).
+    pub fn set_relay_coalesce(&self, window: Duration) {
+        for s in &self.shards {
+            s.send(Control::Coalesce(window));
         }
     }
 

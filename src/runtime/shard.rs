@@ -41,6 +41,9 @@ const NO_OUT: Out = Out {
 };
 /// How often counters are published to the control thread.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// `relay-coalesce-us`: a rest of the window shorter than this is not slept (a nanosleep and
+/// its wake-up cost a few µs themselves).
+const MIN_COALESCE_SLEEP: Duration = Duration::from_micros(5);
 /// Datagrams (or stream reads) taken from one socket before looking at the others.
 const READ_BUDGET: usize = 256;
 /// Unframed bytes kept per stream connection: two maximal messages.
@@ -52,6 +55,8 @@ const MAX_STREAM_WBUF: usize = 256 * 1024;
 /// Messages from the control thread.
 pub enum Control {
     Reload(Arc<EngineConfig>),
+    /// `relay-coalesce-us` changed on reload.
+    Coalesce(Duration),
     Shutdown,
     /// Start (true) or stop draining: new Allocates get 300 / 508.
     Drain(bool),
@@ -212,6 +217,8 @@ struct Shard {
     /// leave together by `sendmmsg` after each recvmmsg round, else at the end of `flush`.
     udp_answers: Vec<crate::engine::Transmit>,
     defer_udp: bool,
+    /// `relay-coalesce-us` (zero = off): see [`Shard::run`].
+    coalesce: Duration,
 }
 
 /// Start a shard thread on already-bound listener sockets.
@@ -220,6 +227,7 @@ pub fn spawn(
     engine: Engine,
     listeners: Vec<ListenSocket>,
     opts: SocketOptions,
+    coalesce: Duration,
     peer_streams: PeerStreams,
     mailboxes: Mailboxes,
 ) -> io::Result<ShardHandle> {
@@ -271,6 +279,7 @@ pub fn spawn(
         deadlines: std::collections::VecDeque::new(),
         udp_answers: Vec::new(),
         defer_udp: false,
+        coalesce,
     };
     let thread = std::thread::Builder::new()
         .name(format!("ferroturn-shard-{index}"))
@@ -302,7 +311,24 @@ impl Shard {
         super::logging::buffer_this_thread();
         let mut events = Events::with_capacity(1024);
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        // Interrupt coalescing (`relay-coalesce-us`, like a NIC's interrupt throttling): at
+        // one datagram per wake-up most of a relayed packet's CPU is epoll_wait, the recvmmsg
+        // and sendmmsg calls and the receiver's wake-up, not the packet. When traffic is dense
+        // (the last wait ended within one window), poll at most once per window: sleep what
+        // is left of it, so the next round reads, relays and sends everything that arrived
+        // meanwhile in one go. A round that took the whole window (overload) does not sleep,
+        // and sparse traffic never does, so a quiet relay gains no latency or system calls.
+        let mut dense = false;
+        let mut round_start = Instant::now();
+        self.set_coalesce(self.coalesce);
         while !self.shutdown {
+            if dense && !self.coalesce.is_zero() {
+                let rest = self.coalesce.saturating_sub(round_start.elapsed());
+                // Shorter than a sleep's own cost: poll now.
+                if rest >= MIN_COALESCE_SLEEP {
+                    std::thread::sleep(rest);
+                }
+            }
             let now = Instant::now();
             let mut deadline = next_publish;
             if let Some(t) = self.engine.poll_timeout() {
@@ -314,6 +340,7 @@ impl Shard {
             let timeout = deadline.saturating_duration_since(now);
             // This round's log lines, in one write, before waiting.
             super::logging::flush_thread();
+            let wait_from = Instant::now();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!(error = %e, "epoll failed");
@@ -321,6 +348,10 @@ impl Shard {
                 continue;
             }
             let now = Instant::now();
+            // Dense: traffic (not a timer) ended a wait shorter than the window.
+            let waited = now.saturating_duration_since(wait_from);
+            dense = !self.coalesce.is_zero() && !events.is_empty() && waited < self.coalesce;
+            round_start = now;
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => self.drain_control(),
@@ -356,11 +387,22 @@ impl Shard {
         self.publish();
     }
 
+    /// `relay-coalesce-us` (see [`Shard::run`]); runs on the shard thread.
+    fn set_coalesce(&mut self, window: Duration) {
+        self.coalesce = window;
+        if !window.is_zero() {
+            // The default 50 µs timer slack would stretch every short sleep by up to that much.
+            // SAFETY: PR_SET_TIMERSLACK takes an integer and touches only the calling thread.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+        }
+    }
+
     fn drain_control(&mut self) {
         while let Ok(c) = self.ctl.try_recv() {
             let now = Instant::now();
             match c {
                 Control::Reload(cfg) => self.engine.set_config(cfg),
+                Control::Coalesce(window) => self.set_coalesce(window),
                 Control::Shutdown => self.shutdown = true,
                 Control::Drain(on) => self.engine.set_draining(on),
                 Control::Sessions(reply) => {
