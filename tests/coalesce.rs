@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{start_server, ServerOpts, TestServer, PASS, REALM, USER};
+use ferroturn::engine::ops::Histogram;
 use ops_client::{echo_peer, TurnUdp};
 
 /// Shards publish their counters every second.
-const PUBLISH: Duration = Duration::from_millis(1300);
+const PUBLISH: Duration = Duration::from_millis(1100);
 const N: usize = 60;
 /// Client datagrams leave this far apart: one wake-up each unless the server coalesces.
 const GAP: Duration = Duration::from_micros(200);
@@ -24,8 +25,7 @@ const WINDOW: Duration = Duration::from_millis(1);
 /// Relay N Send indications to the echo peer, GAP apart; returns datagrams per recvmmsg call
 /// of the (only) shard over the round, after checking every echo came back in order.
 fn spaced_round(srv: &TestServer, c: &TurnUdp, peer: SocketAddr, seen: &AtomicU64) -> f64 {
-    std::thread::sleep(PUBLISH);
-    let before = srv.server().stats()[0].batch_sizes;
+    let before = settled(srv, None);
     let seen0 = seen.load(Ordering::SeqCst);
     let start = Instant::now();
     for i in 0..N {
@@ -43,12 +43,27 @@ fn spaced_round(srv: &TestServer, c: &TurnUdp, peer: SocketAddr, seen: &AtomicU6
         }
     }
     assert_eq!(seen.load(Ordering::SeqCst) - seen0, N as u64);
-    std::thread::sleep(PUBLISH);
-    let after = srv.server().stats()[0].batch_sizes;
+    let after = settled(srv, Some(before.sum + 2 * N as u64));
     let (reads, datagrams) = (after.count - before.count, after.sum - before.sum);
     // N indications in, N echoes back, nothing else (no refresh is due).
     assert_eq!(datagrams, 2 * N as u64, "datagrams read by the shard");
     datagrams as f64 / reads as f64
+}
+
+/// The shard's batch histogram once published figures stop moving (or reach `want`
+/// datagrams and then stop): publication is once a second, and a busy machine may delay it.
+fn settled(srv: &TestServer, want: Option<u64>) -> Histogram {
+    let limit = Instant::now() + Duration::from_secs(15);
+    let mut last = srv.server().stats()[0].batch_sizes;
+    loop {
+        std::thread::sleep(PUBLISH);
+        let h = srv.server().stats()[0].batch_sizes;
+        let still = (h.count, h.sum) == (last.count, last.sum);
+        if (still && want.map_or(true, |w| h.sum >= w)) || Instant::now() > limit {
+            return h;
+        }
+        last = h;
+    }
 }
 
 #[test]

@@ -2642,10 +2642,11 @@ mod tests {
     #[test]
     fn reload_names_the_keys_that_need_a_restart() {
         let run = ok(MIN, &[]);
-        // Users, quotas, peer rules and the log level reload: nothing to report.
+        // Users, quotas, peer rules, the log level and coalescing reload: nothing to report.
         let hot = ok(
             &format!(
-                "{MIN}user-quota = 3\nlog-level = \"debug\"\nallowed-peer-ip = \"10.0.0.1\"\n"
+                "{MIN}user-quota = 3\nlog-level = \"debug\"\nallowed-peer-ip = \"10.0.0.1\"\n\
+                 relay-coalesce-us = 100\n"
             ),
             &[],
         );

@@ -219,6 +219,10 @@ struct Shard {
     defer_udp: bool,
     /// `relay-coalesce-us` (zero = off): see [`Shard::run`].
     coalesce: Duration,
+    /// This round: datagrams and stream reads that brought data, and whether a read budget
+    /// ran out with data left (`backlog`: the next poll must not wait).
+    round_reads: u64,
+    backlog: bool,
 }
 
 /// Start a shard thread on already-bound listener sockets.
@@ -280,6 +284,8 @@ pub fn spawn(
         udp_answers: Vec::new(),
         defer_udp: false,
         coalesce,
+        round_reads: 0,
+        backlog: false,
     };
     let thread = std::thread::Builder::new()
         .name(format!("ferroturn-shard-{index}"))
@@ -313,22 +319,16 @@ impl Shard {
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         // Interrupt coalescing (`relay-coalesce-us`, like a NIC's interrupt throttling): at
         // one datagram per wake-up most of a relayed packet's CPU is epoll_wait, the recvmmsg
-        // and sendmmsg calls and the receiver's wake-up, not the packet. When traffic is dense
-        // (the last wait ended within one window), poll at most once per window: sleep what
-        // is left of it, so the next round reads, relays and sends everything that arrived
-        // meanwhile in one go. A round that took the whole window (overload) does not sleep,
-        // and sparse traffic never does, so a quiet relay gains no latency or system calls.
+        // and sendmmsg calls and the receiver's wake-up, not the packet. Under dense traffic
+        // poll at most once per window and sleep the rest of it, so the next round reads,
+        // relays and sends everything that arrived meanwhile in one go. Dense: a wait of less
+        // than half a window ended with data, and stays so while a round after a sleep finds
+        // at least two reads' worth. Never sleep past a timer, with a read budget exhausted
+        // (data is waiting) or when the round took the window; sparse traffic never sleeps.
         let mut dense = false;
         let mut round_start = Instant::now();
         self.set_coalesce(self.coalesce);
         while !self.shutdown {
-            if dense && !self.coalesce.is_zero() {
-                let rest = self.coalesce.saturating_sub(round_start.elapsed());
-                // Shorter than a sleep's own cost: poll now.
-                if rest >= MIN_COALESCE_SLEEP {
-                    std::thread::sleep(rest);
-                }
-            }
             let now = Instant::now();
             let mut deadline = next_publish;
             if let Some(t) = self.engine.poll_timeout() {
@@ -337,7 +337,18 @@ impl Shard {
             if let Some((t, _, _)) = self.deadlines.front() {
                 deadline = deadline.min(*t);
             }
-            let timeout = deadline.saturating_duration_since(now);
+            let slept = dense && !self.coalesce.is_zero() && {
+                let rest = self
+                    .coalesce
+                    .saturating_sub(now.saturating_duration_since(round_start))
+                    .min(deadline.saturating_duration_since(now));
+                // Shorter than a sleep's own cost: poll now.
+                rest >= MIN_COALESCE_SLEEP && {
+                    std::thread::sleep(rest);
+                    true
+                }
+            };
+            let timeout = deadline.saturating_duration_since(Instant::now());
             // This round's log lines, in one write, before waiting.
             super::logging::flush_thread();
             let wait_from = Instant::now();
@@ -348,10 +359,10 @@ impl Shard {
                 continue;
             }
             let now = Instant::now();
-            // Dense: traffic (not a timer) ended a wait shorter than the window.
             let waited = now.saturating_duration_since(wait_from);
-            dense = !self.coalesce.is_zero() && !events.is_empty() && waited < self.coalesce;
             round_start = now;
+            self.round_reads = 0;
+            self.backlog = false;
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => self.drain_control(),
@@ -371,6 +382,13 @@ impl Shard {
                     Token(t) => self.read_listener(t - LISTENER_BASE, now),
                 }
             }
+            dense = !self.coalesce.is_zero()
+                && !self.backlog
+                && if slept {
+                    self.round_reads >= 2
+                } else {
+                    self.round_reads > 0 && waited < self.coalesce / 2
+                };
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
                 self.flush(now);
@@ -390,10 +408,12 @@ impl Shard {
     /// `relay-coalesce-us` (see [`Shard::run`]); runs on the shard thread.
     fn set_coalesce(&mut self, window: Duration) {
         self.coalesce = window;
-        if !window.is_zero() {
-            // The default 50 µs timer slack would stretch every short sleep by up to that much.
-            // SAFETY: PR_SET_TIMERSLACK takes an integer and touches only the calling thread.
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+        // The default 50 µs timer slack would stretch every short sleep by up to that much;
+        // 0 restores the thread's default when coalescing is off.
+        let slack_ns: libc::c_ulong = if window.is_zero() { 0 } else { 1000 };
+        // SAFETY: PR_SET_TIMERSLACK takes an integer and touches only the calling thread.
+        if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack_ns) } != 0 {
+            debug!(error = %io::Error::last_os_error(), "PR_SET_TIMERSLACK");
         }
     }
 
@@ -541,6 +561,7 @@ impl Shard {
                 }
             };
             self.batch_sizes.observe(ops::BATCH_BOUNDS, n as u64);
+            self.round_reads += n as u64;
             let mut k = 0;
             for i in 0..n {
                 let tuple = FiveTuple {
@@ -587,6 +608,7 @@ impl Shard {
         }
         // Budget spent with data possibly left: edge-triggered readiness will not fire again
         // for it, so re-arm to be woken at once.
+        self.backlog = true;
         if let Some(Listener::Udp(s, _)) = self.listeners.get_mut(li) {
             let _ =
                 self.poll
@@ -779,6 +801,9 @@ impl Shard {
             if c.rbuf.len() > MAX_STREAM_RBUF {
                 close = true;
             }
+            if got > 0 {
+                self.round_reads += 1;
+            }
             // 2. Messages out of the bytes.
             if got > 0 && !close {
                 let tuple = c.tuple;
@@ -868,6 +893,7 @@ impl Shard {
             // Edge-triggered and read to the end: no re-arm (an epoll_ctl per event saved).
         } else if let Some(Some(c)) = self.conns.get_mut(ci) {
             // Re-arm: the read budget ran out with data left.
+            self.backlog = true;
             let interest = if c.writable_interest {
                 Interest::READABLE | Interest::WRITABLE
             } else {
@@ -975,6 +1001,7 @@ impl Shard {
                 }
             };
             self.batch_sizes.observe(ops::BATCH_BOUNDS, n as u64);
+            self.round_reads += n as u64;
             let mut k = 0;
             // TCP/TLS clients: the batch's messages are queued and written with one write per
             // connection (a relay socket serves one allocation, so usually one write per batch).
@@ -1026,6 +1053,7 @@ impl Shard {
                 return;
             }
         }
+        self.backlog = true;
         if let Some(Some(RelaySock::Udp(rs))) = self.relays.get_mut(relay as usize) {
             let _ = self.poll.registry().reregister(
                 rs,
@@ -1431,6 +1459,7 @@ impl Shard {
             }
         }
         // Budget spent: re-arm so the rest is read on the next turn.
+        self.backlog = true;
         if let Some(Some(c)) = self.conns.get_mut(ci) {
             let interest = if c.writable_interest {
                 Interest::READABLE | Interest::WRITABLE
