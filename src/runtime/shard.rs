@@ -219,9 +219,9 @@ struct Shard {
     defer_udp: bool,
     /// `relay-coalesce-us` (zero = off): see [`Shard::run`].
     coalesce: Duration,
-    /// This round: datagrams and stream reads that brought data, and whether a read budget
-    /// ran out with data left (`backlog`: the next poll must not wait).
-    round_reads: u64,
+    /// This round: stream reads that brought data (datagrams are in `batch_sizes.sum`), and
+    /// whether a read budget ran out with data left (`backlog`: the next poll must not wait).
+    stream_reads: u64,
     backlog: bool,
 }
 
@@ -284,7 +284,7 @@ pub fn spawn(
         udp_answers: Vec::new(),
         defer_udp: false,
         coalesce,
-        round_reads: 0,
+        stream_reads: 0,
         backlog: false,
     };
     let thread = std::thread::Builder::new()
@@ -337,7 +337,7 @@ impl Shard {
             if let Some((t, _, _)) = self.deadlines.front() {
                 deadline = deadline.min(*t);
             }
-            let slept = dense && !self.coalesce.is_zero() && {
+            let slept = dense && {
                 let rest = self
                     .coalesce
                     .saturating_sub(now.saturating_duration_since(round_start))
@@ -361,7 +361,8 @@ impl Shard {
             let now = Instant::now();
             let waited = now.saturating_duration_since(wait_from);
             round_start = now;
-            self.round_reads = 0;
+            let datagrams_before = self.batch_sizes.sum;
+            self.stream_reads = 0;
             self.backlog = false;
             for ev in events.iter() {
                 match ev.token() {
@@ -382,12 +383,13 @@ impl Shard {
                     Token(t) => self.read_listener(t - LISTENER_BASE, now),
                 }
             }
+            let reads = self.batch_sizes.sum - datagrams_before + self.stream_reads;
             dense = !self.coalesce.is_zero()
                 && !self.backlog
                 && if slept {
-                    self.round_reads >= 2
+                    reads >= 2
                 } else {
-                    self.round_reads > 0 && waited < self.coalesce / 2
+                    reads > 0 && waited < self.coalesce / 2
                 };
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
@@ -561,7 +563,6 @@ impl Shard {
                 }
             };
             self.batch_sizes.observe(ops::BATCH_BOUNDS, n as u64);
-            self.round_reads += n as u64;
             let mut k = 0;
             for i in 0..n {
                 let tuple = FiveTuple {
@@ -802,7 +803,7 @@ impl Shard {
                 close = true;
             }
             if got > 0 {
-                self.round_reads += 1;
+                self.stream_reads += 1;
             }
             // 2. Messages out of the bytes.
             if got > 0 && !close {
@@ -1001,7 +1002,6 @@ impl Shard {
                 }
             };
             self.batch_sizes.observe(ops::BATCH_BOUNDS, n as u64);
-            self.round_reads += n as u64;
             let mut k = 0;
             // TCP/TLS clients: the batch's messages are queued and written with one write per
             // connection (a relay socket serves one allocation, so usually one write per batch).
