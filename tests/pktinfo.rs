@@ -386,3 +386,46 @@ fn wildcard_listener_makes_every_host_address_own() {
         assert_eq!(got, [Err(403), Err(403), Ok(())]);
     }
 }
+
+/// The same while running: an address added to an interface after the start is own within
+/// about a second (the server's watcher reads the interface addresses once a second), and is
+/// an ordinary peer again once removed. 11.0.0.9 is an ordinary public address otherwise.
+#[test]
+fn host_address_added_while_running_becomes_own() {
+    let setup = [
+        "link set lo up",
+        "link add ftp0 type veth peer name ftp1",
+        "addr add 11.0.0.7/24 dev ftp0",
+        "link set ftp0 up",
+        "link set ftp1 up",
+    ];
+    let got = in_netns("own2", &setup, || {
+        let (server, port) = start(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |_| {});
+        let mut t = TurnUdp::new(SocketAddr::from(([127, 0, 0, 1], port)), USER, PASS, REALM);
+        t.allocate().expect("Allocate");
+        // A peer address is bound to one channel (RFC 8656 §12): a port per attempt.
+        let new = |p: u16| SocketAddr::from(([11, 0, 0, 9], p));
+        let before = t.channel_bind(0x4000, new(22));
+        // Children of this thread run in its namespace.
+        assert!(ip(&["addr", "add", "11.0.0.9/24", "dev", "ftp0"]));
+        // Bounded: 5 s for a change the watcher sees within ~1 s.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut added = t.channel_bind(0x4001, new(23));
+        while added.is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            added = t.channel_bind(0x4001, new(23));
+        }
+        assert!(ip(&["addr", "del", "11.0.0.9/24", "dev", "ftp0"]));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut removed = t.channel_bind(0x4002, new(24));
+        while removed.is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            removed = t.channel_bind(0x4002, new(24));
+        }
+        server.shutdown();
+        [before, added, removed]
+    });
+    if let Some(got) = got {
+        assert_eq!(got, [Ok(()), Err(403), Ok(())]);
+    }
+}

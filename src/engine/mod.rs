@@ -365,6 +365,17 @@ impl Engine {
         self.cfg = cfg;
     }
 
+    /// The host's interface addresses changed (a wildcard listener answers on every one of
+    /// them): the peer filter's own-address rules follow, for what is installed too.
+    pub fn set_host_addresses(&mut self, ips: Vec<IpAddr>) {
+        if self.cfg.peer_filter.host_ips() == ips.as_slice() {
+            return;
+        }
+        let mut cfg = (*self.cfg).clone();
+        cfg.peer_filter.set_host_ips(ips);
+        self.set_config(Arc::new(cfg));
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }

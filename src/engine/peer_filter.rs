@@ -389,6 +389,10 @@ pub struct PeerFilterConfig {
     pub own_listeners: Vec<SocketAddr>,
     /// The server's listening, relay and external IPs.
     pub own_ips: Vec<IpAddr>,
+    /// The addresses of the host's interfaces, when a listener is a wildcard (it answers on
+    /// all of them). Kept apart from `own_ips` because they change at runtime
+    /// ([`PeerFilter::set_host_ips`]).
+    pub host_ips: Vec<IpAddr>,
     /// Inclusive relay port range (min-port, max-port).
     pub relay_ports: (u16, u16),
 }
@@ -404,8 +408,12 @@ pub struct PeerFilter {
     listeners: Vec<SocketAddr>,
     /// Ports of listeners bound to 0.0.0.0 / `::`.
     wildcard_ports: Vec<u16>,
-    /// Canonical own IPs, including the specific listener IPs; never unspecified.
+    /// Canonical own IPs: `configured` and `host_ips` together, sorted; never unspecified.
     own_ips: Vec<IpAddr>,
+    /// The configured part of `own_ips` (listener, relay and external IPs), canonical.
+    configured: Vec<IpAddr>,
+    /// The host's interface addresses as last seen (wildcard listeners only).
+    host_ips: Vec<IpAddr>,
     relay_ports: (u16, u16),
 }
 
@@ -424,22 +432,40 @@ impl PeerFilter {
             }
         }
         own_ips.extend(cfg.own_ips.iter().map(|&ip| canonical_ip(ip)));
-        own_ips.retain(|ip| !ip.is_unspecified());
-        own_ips.sort();
-        own_ips.dedup();
         listeners.sort();
         listeners.dedup();
         wildcard_ports.sort_unstable();
         wildcard_ports.dedup();
-        Self {
+        let mut f = Self {
             allow_loopback: cfg.allow_loopback,
             allowed: cfg.allowed,
             denied: cfg.denied,
             listeners,
             wildcard_ports,
-            own_ips,
+            own_ips: Vec::new(),
+            configured: own_ips,
+            host_ips: Vec::new(),
             relay_ports: cfg.relay_ports,
-        }
+        };
+        f.set_host_ips(cfg.host_ips);
+        f
+    }
+
+    /// The host's interface addresses this filter counts as own (see [`PeerFilterConfig`]).
+    pub fn host_ips(&self) -> &[IpAddr] {
+        &self.host_ips
+    }
+
+    /// The host's interface addresses changed (an address added or removed while running): the
+    /// own-address rules follow them.
+    pub fn set_host_ips(&mut self, ips: Vec<IpAddr>) {
+        let mut own = self.configured.clone();
+        own.extend(ips.iter().map(|&ip| canonical_ip(ip)));
+        own.retain(|ip| !ip.is_unspecified());
+        own.sort();
+        own.dedup();
+        self.own_ips = own;
+        self.host_ips = ips;
     }
 
     /// `Err(reason)` if the relay must not talk to `peer`.
@@ -819,6 +845,30 @@ mod tests {
         // Not our IP: a TURN server elsewhere is a fine peer.
         assert_eq!(f.check(sa("198.51.100.8", 3478)), Ok(()));
         assert_eq!(f.check(sa("127.0.0.1", 3479)), Ok(()));
+    }
+
+    /// Host addresses change at runtime: a new one becomes own (listener port, other services),
+    /// a removed one is an ordinary peer again, and the configured own IPs stay own throughout.
+    #[test]
+    fn host_addresses_follow_the_host() {
+        let mut f = PeerFilter::new(PeerFilterConfig {
+            own_listeners: vec![sa("0.0.0.0", 3478)],
+            own_ips: vec![ip("198.51.100.7")],
+            host_ips: vec![ip("11.0.0.7")],
+            relay_ports: (49152, 65535),
+            ..Default::default()
+        });
+        assert_eq!(f.check(sa("11.0.0.7", 3478)), Err(OwnListener));
+        assert_eq!(f.check(sa("11.0.0.9", 22)), Ok(()));
+        f.set_host_ips(vec![ip("11.0.0.9"), ip("::ffff:11.0.0.10")]);
+        assert_eq!(f.host_ips(), [ip("11.0.0.9"), ip("::ffff:11.0.0.10")]);
+        assert_eq!(f.check(sa("11.0.0.9", 22)), Err(OwnAddress));
+        assert_eq!(f.check(sa("11.0.0.9", 3478)), Err(OwnListener));
+        // An IPv4-mapped interface address is the IPv4 address.
+        assert_eq!(f.check(sa("11.0.0.10", 22)), Err(OwnAddress));
+        assert_eq!(f.check(sa("11.0.0.7", 3478)), Ok(()));
+        assert_eq!(f.check(sa("198.51.100.7", 22)), Err(OwnAddress));
+        assert_eq!(f.check(sa("11.0.0.9", 50000)), Ok(()));
     }
 
     #[test]

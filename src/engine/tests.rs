@@ -1865,6 +1865,33 @@ fn create_permission_with_a_forbidden_peer_installs_nothing() {
     assert!(h.engine.stats.peers_denied >= 5);
 }
 
+/// A host address that appears while running (wildcard listener) becomes own at once: new
+/// channels to it are refused, the one already bound to it and Send indications stop relaying
+/// (as on a SIGHUP that tightens the filter); when it goes away it is an ordinary peer again.
+#[test]
+fn host_address_change_applies_to_installed_channels() {
+    let mut h = Harness::new(cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    h.alloc_ok(&mut c);
+    h.channel_bind(&mut c, 0x4000, p1())
+        .assert_ok(method::CHANNEL_BIND);
+    let cd = channel_data(0x4000, b"hi", false);
+    assert!(h.client_datagram(c.tuple, &cd).is_some());
+    h.engine.set_host_addresses(vec![p1().ip()]);
+    assert!(h.client_datagram(c.tuple, &cd).is_none());
+    assert!(h
+        .client_datagram(c.tuple, &send_indication(p1(), b"hi"))
+        .is_none());
+    h.channel_bind(&mut c, 0x4001, p1())
+        .assert_err(method::CHANNEL_BIND, 403);
+    h.engine.set_host_addresses(vec![p2().ip()]);
+    h.channel_bind(&mut c, 0x4001, p1())
+        .assert_ok(method::CHANNEL_BIND);
+    assert!(h
+        .client_datagram(c.tuple, &channel_data(0x4001, b"hi", false))
+        .is_some());
+}
+
 #[test]
 fn create_permission_loopback_allowed_by_config() {
     let mut config = cfg();

@@ -1440,15 +1440,13 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             own_ips.push(ip);
         }
     }
-    if listen_ips.iter().any(IpAddr::is_unspecified) {
-        // A wildcard listener answers on every address of the host (runtime::pktinfo): all of
-        // them are ours. A snapshot, taken again on reload.
-        for ip in super::pktinfo::interface_addresses() {
-            if !own_ips.contains(&ip) {
-                own_ips.push(ip);
-            }
-        }
-    }
+    // A wildcard listener answers on every address of the host (runtime::pktinfo): all of
+    // them are ours. Taken now, again on reload, and followed while running (server.rs).
+    let host_ips = if listen_ips.iter().any(IpAddr::is_unspecified) {
+        super::pktinfo::interface_addresses()
+    } else {
+        Vec::new()
+    };
     let peer_filter = PeerFilter::new(PeerFilterConfig {
         allow_loopback,
         allowed,
@@ -1461,6 +1459,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
             .copied()
             .collect(),
         own_ips,
+        host_ips,
         relay_ports: (min_port, max_port),
     });
 

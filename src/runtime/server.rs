@@ -1,9 +1,11 @@
 //! Starting and steering a server: listener groups, one shard thread per core, reload, shutdown.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use mio::Waker;
 use tracing::{info, warn};
 
 use super::config::Config;
@@ -45,34 +47,99 @@ pub struct Server {
     tcp_addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     cert_store: Option<Arc<CertStore>>,
-    watcher: Option<CertWatcher>,
+    watcher: Option<Watcher>,
     /// Set once a drain starts (SIGUSR1, admin API); read by /ready and the control loop.
     draining: Arc<AtomicBool>,
 }
 
-/// Polls the certificate files once a second and reloads them when they change.
-struct CertWatcher {
+/// A thread off the relay path that polls what can change under a running server: the TLS
+/// certificate files (reloaded when they change) and, with a wildcard listener, the host's
+/// interface addresses (the peer filter's own addresses: a DHCP lease, an IPv6 address that
+/// comes and goes).
+struct Watcher {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
-fn spawn_cert_watcher(store: Arc<CertStore>) -> CertWatcher {
+const WATCH_TICK: Duration = Duration::from_millis(250);
+/// Interface addresses are read every this many ticks (1 s): one getifaddrs(3), a netlink dump.
+const HOST_ADDR_TICKS: u32 = 4;
+
+/// Unchanged addresses are sent again this often (in polls): a SIGHUP's configuration carries a
+/// snapshot of its own, and one taken just before a change the watcher already sent would
+/// otherwise stay until the next change. Shards ignore a list equal to theirs.
+const HOST_ADDR_RESEND: u32 = 10;
+
+/// The host's interface addresses as the shards last heard them, and how to tell them.
+struct HostAddrWatch {
+    last: Vec<IpAddr>,
+    polls: u32,
+    shards: Vec<(mpsc::Sender<Control>, Arc<Waker>)>,
+}
+
+impl HostAddrWatch {
+    fn poll(&mut self) {
+        let now = super::pktinfo::interface_addresses();
+        self.polls = self.polls.wrapping_add(1);
+        // Empty = getifaddrs failed (a host always has an address): keep what we have.
+        if now.is_empty() || (now == self.last && self.polls % HOST_ADDR_RESEND != 0) {
+            return;
+        }
+        if now != self.last {
+            let added: Vec<&IpAddr> = now.iter().filter(|ip| !self.last.contains(ip)).collect();
+            let removed: Vec<&IpAddr> = self.last.iter().filter(|ip| !now.contains(ip)).collect();
+            info!(
+                event = "host_addresses_changed",
+                ?added,
+                ?removed,
+                "host addresses changed; the peer filter follows"
+            );
+        }
+        let ips = Arc::new(now.clone());
+        for (tx, waker) in &self.shards {
+            if tx.send(Control::HostAddresses(ips.clone())).is_ok() {
+                let _ = waker.wake();
+            }
+        }
+        self.last = now;
+    }
+}
+
+/// None (logged) if the thread cannot be spawned: the server runs on without the watching.
+fn spawn_watcher(
+    store: Option<Arc<CertStore>>,
+    mut hosts: Option<HostAddrWatch>,
+) -> Option<Watcher> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
-        .name("ferroturn-cert-watch".into())
+        .name("ferroturn-watch".into())
         .spawn(move || {
+            let mut tick = 0u32;
             while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
-                match store.reload_if_changed() {
-                    Ok(true) => info!(event = "tls_reloaded", cert = %store.paths().0.display(), "TLS certificate reloaded"),
-                    Ok(false) => {}
-                    Err(e) => warn!(event = "tls_reload_failed", error = %e, "new TLS certificate rejected; keeping the previous one"),
+                std::thread::sleep(WATCH_TICK);
+                if let Some(store) = &store {
+                    match store.reload_if_changed() {
+                        Ok(true) => info!(event = "tls_reloaded", cert = %store.paths().0.display(), "TLS certificate reloaded"),
+                        Ok(false) => {}
+                        Err(e) => warn!(event = "tls_reload_failed", error = %e, "new TLS certificate rejected; keeping the previous one"),
+                    }
+                }
+                tick = tick.wrapping_add(1);
+                if tick % HOST_ADDR_TICKS == 0 {
+                    if let Some(h) = hosts.as_mut() {
+                        h.poll();
+                    }
                 }
             }
-        })
-        .expect("spawning a thread");
-    CertWatcher { stop, thread }
+        });
+    match thread {
+        Ok(thread) => Some(Watcher { stop, thread }),
+        Err(e) => {
+            warn!(error = %e, "cannot start the certificate / host address watcher");
+            None
+        }
+    }
 }
 
 fn random_u64() -> u64 {
@@ -193,7 +260,22 @@ impl Server {
                 .collect(),
         );
         let cert_store = tls.map(|(store, _)| store);
-        let watcher = cert_store.clone().map(spawn_cert_watcher);
+        let wildcard = local_addrs
+            .iter()
+            .chain(&tcp_addrs)
+            .chain(&tls_addrs)
+            .any(|a| a.ip().is_unspecified());
+        let hosts = wildcard.then(|| HostAddrWatch {
+            // What the configuration was built with: a change since then is caught at once.
+            last: cfg.engine.peer_filter.host_ips().to_vec(),
+            polls: 0,
+            shards: mailboxes.get().cloned().unwrap_or_default(),
+        });
+        let watcher = if cert_store.is_some() || hosts.is_some() {
+            spawn_watcher(cert_store.clone(), hosts)
+        } else {
+            None
+        };
         Ok(Server {
             shards,
             shared,

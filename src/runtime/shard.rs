@@ -57,6 +57,8 @@ pub enum Control {
     Reload(Arc<EngineConfig>),
     /// `relay-coalesce-us` changed on reload.
     Coalesce(Duration),
+    /// The host's interface addresses changed (wildcard listeners; server.rs watches them).
+    HostAddresses(Arc<Vec<IpAddr>>),
     Shutdown,
     /// Start (true) or stop draining: new Allocates get 300 / 508.
     Drain(bool),
@@ -425,6 +427,7 @@ impl Shard {
             match c {
                 Control::Reload(cfg) => self.engine.set_config(cfg),
                 Control::Coalesce(window) => self.set_coalesce(window),
+                Control::HostAddresses(ips) => self.engine.set_host_addresses(ips.to_vec()),
                 Control::Shutdown => self.shutdown = true,
                 Control::Drain(on) => self.engine.set_draining(on),
                 Control::Sessions(reply) => {
