@@ -317,3 +317,78 @@ fn two_shards_peer_closing_frees_the_peer_for_a_new_connect() {
         assert_closed(&mut data, "client data connection after the peer closed");
     }
 }
+
+/// Every log line of this test binary (a global subscriber: the shard threads log through it).
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The first logged line containing `what`, waiting up to `CLOSE_WITHIN`.
+fn log_line(what: &str) -> Option<String> {
+    let mut found = None;
+    wait_until(CLOSE_WITHIN, || {
+        let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+        found = String::from_utf8_lossy(&logs)
+            .lines()
+            .find(|l| l.contains(what))
+            .map(str::to_owned);
+        found.is_some()
+    });
+    found
+}
+
+/// The value of `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 2;
+    line[start..].split(' ').next().unwrap_or_default()
+}
+
+/// RFC 6062 usage: the bytes piped through a splice (never through the allocation's relay) are
+/// in the relayed-bytes totals and in the connection's own record, `tcp_connection_end`, which
+/// names the allocation's session.
+#[test]
+fn spliced_bytes_are_counted_and_logged() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(|| LogSink)
+        .try_init();
+    let srv = server(2);
+    let addr = srv.server().tcp_addrs()[0];
+    let (mut control, mut data, mut peer, _l) = spliced_connect(addr);
+    exchange(&mut data, &mut peer, 2);
+    // 300 bytes each way per exchange; published once a second.
+    let totals = || {
+        (
+            srv.stat(|s| s.bytes_to_peer),
+            srv.stat(|s| s.bytes_to_client),
+        )
+    };
+    wait_until(Duration::from_secs(3), || totals() == (600, 600));
+    assert_eq!(totals(), (600, 600), "relayed bytes (to peer, to client)");
+    control.refresh_zero();
+    assert_closed(&mut data, "client data connection");
+    assert_closed(&mut peer, "peer connection");
+    let end = log_line("event=\"tcp_connection_end\"").expect("tcp_connection_end logged");
+    let session = log_line("event=\"session_end\"").expect("session_end logged");
+    assert_eq!(field(&end, "to_peer_bytes"), "600", "{end}");
+    assert_eq!(field(&end, "to_client_bytes"), "600", "{end}");
+    assert_eq!(field(&end, "session"), field(&session, "session"));
+    assert_ne!(field(&end, "session"), "0000000000000000");
+}

@@ -341,6 +341,29 @@ pub fn log_session_start(a: &Allocation, realm: &str) {
 }
 
 /// The usage record operators bill from: who, over which 5-tuple, how long, how much.
+/// RFC 6062: a peer data connection of a TCP allocation ended. Its bytes (piped between the
+/// client's data connection and the peer, never through the allocation) are in this record, not
+/// in the allocation's `session_end`; `session` joins the two.
+pub fn log_tcp_connection_end(
+    session: u64,
+    conn_id: u32,
+    peer: SocketAddr,
+    duration: Duration,
+    to_peer_bytes: u64,
+    to_client_bytes: u64,
+) {
+    info!(
+        event = "tcp_connection_end",
+        session = %SessionId(session),
+        connection_id = conn_id,
+        peer = %peer,
+        duration_ms = duration.as_millis() as u64,
+        to_peer_bytes,
+        to_client_bytes,
+        "TCP peer connection ended"
+    );
+}
+
 pub fn log_session_end(a: &Allocation, realm: &str, now: Instant, reason: EndReason) {
     info!(
         event = "session_end",

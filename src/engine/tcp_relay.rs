@@ -247,6 +247,16 @@ impl Engine {
 
     /// The peer connection `conn_id` is gone (either side of its splice closed). Ids are unique
     /// across shards, so an id of another shard's allocation is simply not found here.
+    /// The session id of the allocation owning peer connection `conn_id` (its usage record):
+    /// accepted, or connected by a Connect not yet answered.
+    pub fn tcp_connection_session(&self, conn_id: u32) -> Option<u64> {
+        let idx = match self.tcp_conns.get(&conn_id) {
+            Some(&idx) => idx,
+            None => self.pending_connects.get(&conn_id)?.alloc,
+        };
+        Some(self.allocs.get(idx as usize)?.as_ref()?.session_id)
+    }
+
     pub fn on_peer_tcp_closed(&mut self, conn_id: u32) {
         self.forget_tcp_connection(conn_id);
     }

@@ -140,9 +140,30 @@ pub enum ListenSocket {
 
 /// RFC 6062 peer connections between ConnectionAttempt/Connect and ConnectionBind, shared by
 /// all shards (the data connection lands wherever the kernel's hash puts it). Touched once per
-/// connection, never per packet. Value: (stream, index of the shard whose allocation owns it,
-/// peer address).
-pub type PeerStreams = Arc<Mutex<HashMap<u32, (std::net::TcpStream, usize, SocketAddr)>>>;
+/// connection, never per packet.
+pub type PeerStreams = Arc<Mutex<HashMap<u32, PeerStream>>>;
+
+/// An RFC 6062 peer connection waiting for its ConnectionBind.
+pub struct PeerStream {
+    sock: std::net::TcpStream,
+    /// Index of the shard whose allocation owns it.
+    owner: usize,
+    peer: SocketAddr,
+    /// The owning allocation's session id (for the connection's usage record).
+    session: u64,
+}
+
+/// The peer side of an RFC 6062 splice: whom to tell when it ends, and its usage.
+struct PeerOf {
+    /// Index of the shard owning the allocation.
+    owner: usize,
+    conn_id: u32,
+    session: u64,
+    started: Instant,
+    /// Payload bytes accepted for the peer and for the client.
+    to_peer: u64,
+    to_client: u64,
+}
 
 /// A relayed transport address: UDP (RFC 8656) or a TCP listener (RFC 6062).
 enum RelaySock {
@@ -167,9 +188,8 @@ struct Conn {
     writable_interest: bool,
     /// RFC 6062 splice: the connection whose bytes this one's are piped to and from.
     partner: Option<usize>,
-    /// Set on the peer side of a splice: (index of the shard owning the allocation,
-    /// CONNECTION-ID).
-    peer_of: Option<(usize, u32)>,
+    /// Set on the peer side of a splice.
+    peer_of: Option<Box<PeerOf>>,
     /// Reading paused until the partner drains its send buffer (backpressure).
     paused: bool,
     /// A STUN message has been seen. ChannelData needs a channel bound by an earlier
@@ -970,9 +990,17 @@ impl Shard {
         if c.pending {
             self.tcp.pending -= 1;
         }
-        if let Some((owner, id)) = c.peer_of {
-            self.spliced.remove(&id);
-            self.peer_gone(owner, id);
+        if let Some(po) = c.peer_of {
+            self.spliced.remove(&po.conn_id);
+            ops::log_tcp_connection_end(
+                po.session,
+                po.conn_id,
+                c.tuple.client,
+                now.saturating_duration_since(po.started),
+                po.to_peer,
+                po.to_client,
+            );
+            self.peer_gone(po.owner, po.conn_id);
         } else {
             self.conn_by_tuple.remove(&c.tuple);
             // RFC 8656 §3.1 / §7: an allocation made over a TCP or TLS connection ends with it.
@@ -1225,11 +1253,8 @@ impl Shard {
                 }
             };
             if let Some(id) = self.engine.on_peer_tcp_accepted(now, relay, peer) {
-                let std = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
-                self.peer_streams
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, (std, self.index, peer));
+                let sock = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
+                self.share_peer_stream(id, sock, peer);
             }
             self.flush(now);
         }
@@ -1270,11 +1295,8 @@ impl Shard {
             Ok(None) => s.peer_addr().map(|_| ()).map_err(|e| e.kind()),
         };
         if result.is_ok() {
-            let std = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
-            self.peer_streams
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(conn_id, (std, self.index, peer));
+            let sock = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
+            self.share_peer_stream(conn_id, sock, peer);
         } else if result == Err(io::ErrorKind::NotConnected) {
             // Spurious wake-up before the handshake finished: keep waiting.
             if self
@@ -1295,6 +1317,20 @@ impl Shard {
         self.flush(now);
     }
 
+    /// A peer connection of this shard's allocation waits for its ConnectionBind (any shard).
+    fn share_peer_stream(&mut self, conn_id: u32, sock: std::net::TcpStream, peer: SocketAddr) {
+        let stream = PeerStream {
+            sock,
+            owner: self.index,
+            peer,
+            session: self.engine.tcp_connection_session(conn_id).unwrap_or(0),
+        };
+        self.peer_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conn_id, stream);
+    }
+
     /// RFC 6062 §5.4: join the client's data connection `tuple` with peer connection `conn_id`.
     fn splice(&mut self, tuple: FiveTuple, conn_id: u32, now: Instant) {
         let Some(&ci) = self.conn_by_tuple.get(&tuple) else {
@@ -1305,7 +1341,13 @@ impl Shard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&conn_id);
-        let Some((std, owner, peer)) = entry else {
+        let Some(PeerStream {
+            sock: std,
+            owner,
+            peer,
+            session,
+        }) = entry
+        else {
             // Claimed but gone (expired in between): nothing to pipe to.
             return self.close_conn(ci, now);
         };
@@ -1339,7 +1381,14 @@ impl Shard {
             wbuf: Vec::new(),
             writable_interest: false,
             partner: Some(ci),
-            peer_of: Some((owner, conn_id)),
+            peer_of: Some(Box::new(PeerOf {
+                owner,
+                conn_id,
+                session,
+                started: now,
+                to_peer: leftover.len() as u64,
+                to_client: 0,
+            })),
             paused: false,
             stun_seen: true,
             counted: false,
@@ -1347,6 +1396,7 @@ impl Shard {
         });
         self.spliced.insert(conn_id, pi);
         if !leftover.is_empty() {
+            self.engine.stats.bytes_to_peer += leftover.len() as u64;
             self.send_stream(pi, &leftover);
         }
     }
@@ -1364,7 +1414,7 @@ impl Shard {
             let mut streams = self.peer_streams.lock().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 match streams.remove(&id) {
-                    Some((s, _, _)) => unbound.push(s),
+                    Some(p) => unbound.push(p.sock),
                     None => rest.push(id),
                 }
             }
@@ -1402,6 +1452,28 @@ impl Shard {
         if let Some((tx, waker)) = self.mailboxes.get().and_then(|m| m.get(i)) {
             if tx.send(c).is_ok() {
                 let _ = waker.wake();
+            }
+        }
+    }
+
+    /// Queue `n` bytes of `self.buf` read from `ci` on its splice partner, and count them: on
+    /// the peer side of the splice (its usage record) and in the relayed-bytes totals.
+    fn count_splice(&mut self, ci: usize, partner: usize, n: usize) {
+        let Some(Some(p)) = self.conns.get_mut(partner) else {
+            return;
+        };
+        if !queue_stream(p, self.poll.registry(), partner, &self.buf[..n]) {
+            self.stream_drops += 1;
+            return;
+        }
+        let stats = &mut self.engine.stats;
+        if let Some(po) = p.peer_of.as_mut() {
+            po.to_peer += n as u64;
+            stats.bytes_to_peer += n as u64;
+        } else if let Some(Some(c)) = self.conns.get_mut(ci) {
+            if let Some(po) = c.peer_of.as_mut() {
+                po.to_client += n as u64;
+                stats.bytes_to_client += n as u64;
             }
         }
     }
@@ -1454,11 +1526,7 @@ impl Shard {
                 return self.close_conn(ci, now);
             }
             if n > 0 {
-                if let Some(Some(p)) = self.conns.get_mut(partner) {
-                    if !queue_stream(p, self.poll.registry(), partner, &self.buf[..n]) {
-                        self.stream_drops += 1;
-                    }
-                }
+                self.count_splice(ci, partner, n);
             }
         }
         // Budget spent: re-arm so the rest is read on the next turn.
