@@ -6,7 +6,9 @@
 //! ChannelBind, ChannelData both ways and Send → Data indication all have to come back from
 //! 127.0.0.2; the admin session list names 127.0.0.2 as the server side of the UDP and the TCP
 //! 5-tuples, not 0.0.0.0. IPv6: the same in a network namespace of its own with two addresses
-//! on one interface, the server on `::`, the client connected to the second address.
+//! on one interface, the server on `::`, the client connected to the second address. IPv6
+//! link-local: a client in a second namespace over a veth, talking to fe80::1 with the link as
+//! scope, gets its Binding and Allocate answers (UDP and TCP) from fe80::1.
 #[path = "support/turn_udp.rs"]
 mod turn_udp;
 
@@ -427,5 +429,101 @@ fn host_address_added_while_running_becomes_own() {
     });
     if let Some(got) = got {
         assert_eq!(got, [Ok(()), Err(403), Ok(())]);
+    }
+}
+
+/// IPv6 link-local: a client on another host of the link (a second namespace over a veth)
+/// reaches a `::` listener at fe80::1 with the interface as scope. The answers leave from
+/// fe80::1 (IPV6_PKTINFO without an interface index; the client's scope id picks the link): a
+/// Binding and an Allocate over UDP on a connected socket, and an Allocate over TCP.
+#[test]
+fn ipv6_link_local_client_is_answered() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for a network namespace");
+        return;
+    }
+    let client_ns = Netns::create(
+        format!("ftp-llc-{}", std::process::id()),
+        &["link set lo up"],
+    );
+    let peer_side = format!(
+        "link add ftp0 type veth peer name ftp1 netns {}",
+        client_ns.0
+    );
+    let setup = [
+        "link set lo up",
+        peer_side.as_str(),
+        "addr add fe80::1/64 dev ftp0 nodad",
+        // A relay address for the `::` listener (the client never uses it).
+        "addr add fd00:71::1/64 dev ftp0 nodad",
+        "link set ftp0 up",
+    ];
+    let client_name = client_ns.0.clone();
+    let got = in_netns("ll", &setup, move || {
+        for cmd in ["addr add fe80::2/64 dev ftp1 nodad", "link set ftp1 up"] {
+            let mut args = vec!["-n", client_name.as_str()];
+            args.extend(cmd.split_whitespace());
+            assert!(ip(&args), "ip {}", args.join(" "));
+        }
+        let (server, port) = start("::".parse().unwrap(), |c| {
+            c.relay_ip.push("fd00:71::1".into());
+        });
+        let client = std::thread::spawn(move || {
+            let ns = Netns(client_name);
+            ns.enter();
+            std::mem::forget(ns); // the outer guard deletes it
+            let name = std::ffi::CString::new("ftp1").unwrap();
+            // SAFETY: a NUL-terminated interface name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert_ne!(ifindex, 0, "ftp1 in the client namespace");
+            let server = SocketAddr::V6(std::net::SocketAddrV6::new(
+                "fe80::1".parse().unwrap(),
+                port,
+                0,
+                ifindex,
+            ));
+            let sock = UdpSocket::bind("[::]:0").expect("bind client");
+            sock.connect(server).expect("connect");
+            sock.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut t = TurnUdp::new(server, USER, PASS, REALM);
+            t.sock = sock;
+            let binding = matches!(t.request(method::BINDING, &|_| {}), Reply::Ok { .. });
+            let allocate = t.allocate().is_ok();
+            let (tcp, tcp_client) = tcp_allocate(server);
+            // The TCP allocation lives as long as its connection: kept for the session list.
+            (
+                binding,
+                allocate,
+                t.sock.local_addr().unwrap(),
+                tcp_client,
+                tcp,
+            )
+        })
+        .join();
+        let list = sessions(&server);
+        server.shutdown();
+        (client, list)
+    });
+    drop(client_ns);
+    let Some((client, list)) = got else {
+        return;
+    };
+    let (binding, allocate, udp_client, tcp_client, _tcp) = match client {
+        Ok(c) => c,
+        Err(e) => std::panic::resume_unwind(e),
+    };
+    assert!(
+        binding && allocate,
+        "Binding {binding}, Allocate {allocate}"
+    );
+    let fe80_1: IpAddr = "fe80::1".parse().unwrap();
+    for (transport, client) in [(Transport::Udp, udp_client), (Transport::Tcp, tcp_client)] {
+        assert!(
+            list.iter()
+                .any(|&(t, c, s)| t == transport && c.ip() == client.ip() && s.ip() == fe80_1),
+            "{transport:?} session of {client} with server side fe80::1: {list:?}"
+        );
     }
 }
