@@ -335,12 +335,34 @@ impl Write for LogSink {
     }
 }
 
-/// The first logged line containing `what`, waiting up to `CLOSE_WITHIN`.
-fn log_line(what: &str) -> Option<String> {
+/// Send this test binary's log lines to [`LOGS`] (once; later calls do nothing).
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(|| LogSink)
+        .try_init();
+}
+
+/// Lines logged after `start` that contain `what`.
+fn count_lines(start: usize, what: &str) -> usize {
+    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&logs[start..])
+        .lines()
+        .filter(|l| l.contains(what))
+        .count()
+}
+
+/// Bytes logged so far: where the lines of what follows start.
+fn log_len() -> usize {
+    LOGS.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
+
+/// The first line logged after `start` that contains `what`, waiting up to `CLOSE_WITHIN`.
+fn log_line(start: usize, what: &str) -> Option<String> {
     let mut found = None;
     wait_until(CLOSE_WITHIN, || {
         let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
-        found = String::from_utf8_lossy(&logs)
+        found = String::from_utf8_lossy(&logs[start..])
             .lines()
             .find(|l| l.contains(what))
             .map(str::to_owned);
@@ -365,30 +387,74 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 #[test]
 fn spliced_bytes_are_counted_and_logged() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(|| LogSink)
-        .try_init();
+    capture_logs();
+    let start = log_len();
     let srv = server(2);
     let addr = srv.server().tcp_addrs()[0];
+    // 300 bytes each way, then 300 more to the peer and 200 to the client: the two directions
+    // differ, so a swap shows.
     let (mut control, mut data, mut peer, _l) = spliced_connect(addr);
-    exchange(&mut data, &mut peer, 2);
-    // 300 bytes each way per exchange; published once a second.
+    data.write_all(&[7u8; 300]).unwrap();
+    peer.read_exact(&mut [0u8; 300])
+        .expect("client → peer bytes");
+    peer.write_all(&[8u8; 200]).unwrap();
+    data.read_exact(&mut [0u8; 200])
+        .expect("peer → client bytes");
+    // Published once a second.
     let totals = || {
         (
             srv.stat(|s| s.bytes_to_peer),
             srv.stat(|s| s.bytes_to_client),
         )
     };
-    wait_until(Duration::from_secs(3), || totals() == (600, 600));
-    assert_eq!(totals(), (600, 600), "relayed bytes (to peer, to client)");
+    wait_until(Duration::from_secs(3), || totals() == (600, 500));
+    assert_eq!(totals(), (600, 500), "relayed bytes (to peer, to client)");
     control.refresh_zero();
     assert_closed(&mut data, "client data connection");
     assert_closed(&mut peer, "peer connection");
-    let end = log_line("event=\"tcp_connection_end\"").expect("tcp_connection_end logged");
-    let session = log_line("event=\"session_end\"").expect("session_end logged");
+    let end = log_line(start, "event=\"tcp_connection_end\"").expect("tcp_connection_end");
+    let session = log_line(start, "event=\"session_end\"").expect("session_end logged");
     assert_eq!(field(&end, "to_peer_bytes"), "600", "{end}");
-    assert_eq!(field(&end, "to_client_bytes"), "600", "{end}");
+    assert_eq!(field(&end, "to_client_bytes"), "500", "{end}");
     assert_eq!(field(&end, "session"), field(&session, "session"));
     assert_ne!(field(&end, "session"), "0000000000000000");
+}
+
+/// A shutdown closes every live splice with its usage record, also those spliced on the shard
+/// that does not own the allocation (whose owner's close request may come too late).
+#[test]
+fn shutdown_logs_every_live_splice() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    capture_logs();
+    let srv = server(2);
+    let addr = srv.server().tcp_addrs()[0];
+    let mut control = Client::new(tcp(addr));
+    let relayed = control.allocate_tcp();
+    control.create_permission("127.0.0.1:1".parse().unwrap());
+    // As in two_shards_data_connections_on_either_shard_are_closed: rounds until both shards
+    // hold data connections.
+    let mut pairs: Vec<(TcpStream, TcpStream)> = Vec::new();
+    for round in 0..4 {
+        for k in 0..6u8 {
+            let mut peer = tcp(relayed);
+            let id = control.connection_attempt();
+            let mut data = data_connection(addr, id).expect("ConnectionBind");
+            exchange(&mut data, &mut peer, round * 6 + k);
+            pairs.push((data, peer));
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let per_shard: Vec<usize> = srv.server().stats().iter().map(|s| s.connections).collect();
+        if per_shard.iter().all(|&n| n > 0) {
+            break;
+        }
+    }
+    let before = log_len();
+    drop(srv); // shutdown: threads joined
+    let logged = count_lines(before, "event=\"tcp_connection_end\"");
+    assert_eq!(
+        logged,
+        pairs.len(),
+        "usage records for {} live splices",
+        pairs.len()
+    );
 }

@@ -345,14 +345,7 @@ impl Engine {
     /// they were created with.
     pub fn set_config(&mut self, cfg: Arc<EngineConfig>) {
         self.auth = Auth::new(&cfg, self.shared.nonce_key);
-        // A tightened peer filter applies to what is already installed too: permissions and
-        // channels to peers it now refuses are removed, so no relayed data reaches them.
-        let filter = &cfg.peer_filter;
-        for a in self.allocs.iter_mut().flatten() {
-            a.permissions
-                .retain(|p| filter.check_permission(SocketAddr::new(p.ip, 0)).is_ok());
-            a.channels.retain(|c| filter.check(c.peer).is_ok());
-        }
+        self.prune_to(&cfg.peer_filter);
         // Bandwidth limits apply to live allocations too (fresh buckets at the new rate).
         if cfg.limits.max_bps != self.cfg.limits.max_bps {
             for a in self.allocs.iter_mut().flatten() {
@@ -373,7 +366,19 @@ impl Engine {
         }
         let mut cfg = (*self.cfg).clone();
         cfg.peer_filter.set_host_ips(ips);
-        self.set_config(Arc::new(cfg));
+        // Only the filter changed: no `Auth` rebuild (it derives keys for every static user).
+        self.prune_to(&cfg.peer_filter);
+        self.cfg = Arc::new(cfg);
+    }
+
+    /// A tightened peer filter applies to what is already installed too: permissions and
+    /// channels to peers it now refuses are removed, so no relayed data reaches them.
+    fn prune_to(&mut self, filter: &peer_filter::PeerFilter) {
+        for a in self.allocs.iter_mut().flatten() {
+            a.permissions
+                .retain(|p| filter.check_permission(SocketAddr::new(p.ip, 0)).is_ok());
+            a.channels.retain(|c| filter.check(c.peer).is_ok());
+        }
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -340,7 +340,6 @@ pub fn log_session_start(a: &Allocation, realm: &str) {
     );
 }
 
-/// The usage record operators bill from: who, over which 5-tuple, how long, how much.
 /// RFC 6062: a peer data connection of a TCP allocation ended. Its bytes (piped between the
 /// client's data connection and the peer, never through the allocation) are in this record, not
 /// in the allocation's `session_end`; `session` joins the two.
@@ -364,6 +363,7 @@ pub fn log_tcp_connection_end(
     );
 }
 
+/// The usage record operators bill from: who, over which 5-tuple, how long, how much.
 pub fn log_session_end(a: &Allocation, realm: &str, now: Instant, reason: EndReason) {
     info!(
         event = "session_end",

@@ -468,6 +468,11 @@ impl PeerFilter {
         self.host_ips = ips;
     }
 
+    /// `ip` (canonical) is one of the server's addresses; `own_ips` is sorted.
+    fn is_own(&self, ip: IpAddr) -> bool {
+        self.own_ips.binary_search(&ip).is_ok()
+    }
+
     /// `Err(reason)` if the relay must not talk to `peer`.
     pub fn check(&self, peer: SocketAddr) -> Result<(), DenyReason> {
         self.check_inner(peer.ip(), Some(peer.port()))
@@ -496,7 +501,7 @@ impl PeerFilter {
         // says. A wildcard listener answers on every own IP and on loopback.
         if let Some(port) = port {
             let wildcard_hit = self.wildcard_ports.contains(&port)
-                && (is_loopback(ip) || ip.is_unspecified() || self.own_ips.contains(&ip));
+                && (is_loopback(ip) || ip.is_unspecified() || self.is_own(ip));
             if wildcard_hit || self.listeners.contains(&SocketAddr::new(ip, port)) {
                 return Err(DenyReason::OwnListener);
             }
@@ -506,7 +511,7 @@ impl PeerFilter {
         // other: allowed even when the server's address is private or loopback (the range rules
         // below would refuse it). Without a port (CreatePermission with port 0) the IP goes
         // through the rules below, and ChannelBind/Send check the port they actually use.
-        if self.own_ips.contains(&ip) {
+        if self.is_own(ip) {
             match port {
                 Some(p) if self.in_relay_range(p) => return Ok(()),
                 Some(_) if !(self.allow_loopback && is_loopback(ip)) => {

@@ -245,8 +245,6 @@ impl Engine {
         }
     }
 
-    /// The peer connection `conn_id` is gone (either side of its splice closed). Ids are unique
-    /// across shards, so an id of another shard's allocation is simply not found here.
     /// The session id of the allocation owning peer connection `conn_id` (its usage record):
     /// accepted, or connected by a Connect not yet answered.
     pub fn tcp_connection_session(&self, conn_id: u32) -> Option<u64> {
@@ -257,6 +255,8 @@ impl Engine {
         Some(self.allocs.get(idx as usize)?.as_ref()?.session_id)
     }
 
+    /// The peer connection `conn_id` is gone (either side of its splice closed). Ids are unique
+    /// across shards, so an id of another shard's allocation is simply not found here.
     pub fn on_peer_tcp_closed(&mut self, conn_id: u32) {
         self.forget_tcp_connection(conn_id);
     }

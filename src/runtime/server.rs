@@ -2,7 +2,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::Waker;
@@ -48,6 +48,10 @@ pub struct Server {
     tls_addrs: Vec<SocketAddr>,
     cert_store: Option<Arc<CertStore>>,
     watcher: Option<Watcher>,
+    /// With a wildcard listener: the host's interface addresses as the watcher last sent them.
+    /// Reload and the watcher send to the shards under this lock, so each shard gets their
+    /// messages in one order and a reload never brings back an older list.
+    host_addrs: Option<HostAddrs>,
     /// Set once a drain starts (SIGUSR1, admin API); read by /ready and the control loop.
     draining: Arc<AtomicBool>,
 }
@@ -65,51 +69,45 @@ const WATCH_TICK: Duration = Duration::from_millis(250);
 /// Interface addresses are read every this many ticks (1 s): one getifaddrs(3), a netlink dump.
 const HOST_ADDR_TICKS: u32 = 4;
 
-/// Unchanged addresses are sent again this often (in polls): a SIGHUP's configuration carries a
-/// snapshot of its own, and one taken just before a change the watcher already sent would
-/// otherwise stay until the next change. Shards ignore a list equal to theirs.
-const HOST_ADDR_RESEND: u32 = 10;
+type HostAddrs = Arc<Mutex<Vec<IpAddr>>>;
 
 /// The host's interface addresses as the shards last heard them, and how to tell them.
 struct HostAddrWatch {
-    last: Vec<IpAddr>,
-    polls: u32,
+    latest: HostAddrs,
     shards: Vec<(mpsc::Sender<Control>, Arc<Waker>)>,
 }
 
 impl HostAddrWatch {
-    fn poll(&mut self) {
+    fn poll(&self) {
         let now = super::pktinfo::interface_addresses();
-        self.polls = self.polls.wrapping_add(1);
         // Empty = getifaddrs failed (a host always has an address): keep what we have.
-        if now.is_empty() || (now == self.last && self.polls % HOST_ADDR_RESEND != 0) {
+        if now.is_empty() {
             return;
         }
-        if now != self.last {
-            let added: Vec<&IpAddr> = now.iter().filter(|ip| !self.last.contains(ip)).collect();
-            let removed: Vec<&IpAddr> = self.last.iter().filter(|ip| !now.contains(ip)).collect();
-            info!(
-                event = "host_addresses_changed",
-                ?added,
-                ?removed,
-                "host addresses changed; the peer filter follows"
-            );
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if now == *latest {
+            return;
         }
+        let added: Vec<&IpAddr> = now.iter().filter(|ip| !latest.contains(ip)).collect();
+        let removed: Vec<&IpAddr> = latest.iter().filter(|ip| !now.contains(ip)).collect();
+        info!(
+            event = "host_addresses_changed",
+            ?added,
+            ?removed,
+            "host addresses changed; the peer filter follows"
+        );
         let ips = Arc::new(now.clone());
         for (tx, waker) in &self.shards {
             if tx.send(Control::HostAddresses(ips.clone())).is_ok() {
                 let _ = waker.wake();
             }
         }
-        self.last = now;
+        *latest = now;
     }
 }
 
 /// None (logged) if the thread cannot be spawned: the server runs on without the watching.
-fn spawn_watcher(
-    store: Option<Arc<CertStore>>,
-    mut hosts: Option<HostAddrWatch>,
-) -> Option<Watcher> {
+fn spawn_watcher(store: Option<Arc<CertStore>>, hosts: Option<HostAddrWatch>) -> Option<Watcher> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -127,7 +125,7 @@ fn spawn_watcher(
                 }
                 tick = tick.wrapping_add(1);
                 if tick % HOST_ADDR_TICKS == 0 {
-                    if let Some(h) = hosts.as_mut() {
+                    if let Some(h) = &hosts {
                         h.poll();
                     }
                 }
@@ -265,10 +263,11 @@ impl Server {
             .chain(&tcp_addrs)
             .chain(&tls_addrs)
             .any(|a| a.ip().is_unspecified());
-        let hosts = wildcard.then(|| HostAddrWatch {
-            // What the configuration was built with: a change since then is caught at once.
-            last: cfg.engine.peer_filter.host_ips().to_vec(),
-            polls: 0,
+        // What the configuration was built with: a change since then is caught at once.
+        let host_addrs: Option<HostAddrs> =
+            wildcard.then(|| Arc::new(Mutex::new(cfg.engine.peer_filter.host_ips().to_vec())));
+        let hosts = host_addrs.as_ref().map(|latest| HostAddrWatch {
+            latest: latest.clone(),
             shards: mailboxes.get().cloned().unwrap_or_default(),
         });
         let watcher = if cert_store.is_some() || hosts.is_some() {
@@ -284,6 +283,7 @@ impl Server {
             tls_addrs,
             cert_store,
             watcher,
+            host_addrs,
             draining: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -310,7 +310,16 @@ impl Server {
     }
 
     /// Swap the engine configuration in every shard (users, secrets, peer ACLs, quotas...).
-    pub fn reload(&self, cfg: EngineConfig) {
+    pub fn reload(&self, mut cfg: EngineConfig) {
+        // The watcher's list, not the one taken when the file was read: that one may be older
+        // than what the watcher has sent meanwhile.
+        let hosts = self
+            .host_addrs
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(ips) = &hosts {
+            cfg.peer_filter.set_host_ips(ips.to_vec());
+        }
         let cfg = Arc::new(cfg);
         for s in &self.shards {
             s.send(Control::Reload(cfg.clone()));

@@ -426,6 +426,12 @@ impl Shard {
         let now = Instant::now();
         self.engine.close_all(now);
         self.flush(now);
+        // RFC 6062 splices of other shards' allocations: their owners' close requests may come
+        // after this loop; close them here so each still logs its usage record.
+        let spliced: Vec<usize> = self.spliced.values().copied().collect();
+        for pi in spliced {
+            self.close_conn(pi, now);
+        }
         self.publish();
     }
 
