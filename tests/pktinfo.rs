@@ -358,22 +358,30 @@ fn ipv6_wildcard_replies_from_the_address_the_client_used() {
     );
 }
 
+/// A namespace with one ordinary public address, 11.0.0.7, on a veth.
+const OWN_SETUP: [&str; 5] = [
+    "link set lo up",
+    "link add ftp0 type veth peer name ftp1",
+    "addr add 11.0.0.7/24 dev ftp0",
+    "link set ftp0 up",
+    "link set ftp1 up",
+];
+
+/// A server on 0.0.0.0 and a client with an allocation on it (over 127.0.0.1).
+fn wildcard_allocation() -> (Server, u16, TurnUdp) {
+    let (server, port) = start(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |_| {});
+    let mut t = TurnUdp::new(SocketAddr::from(([127, 0, 0, 1], port)), USER, PASS, REALM);
+    t.allocate().expect("Allocate");
+    (server, port, t)
+}
+
 /// The peer filter with a wildcard listener: every address of the host is the server's own
 /// (relay loops into the listener, other services on the host), not just the configured ones.
 /// 11.0.0.7 is an ordinary public address, on an interface of a namespace of our own.
 #[test]
 fn wildcard_listener_makes_every_host_address_own() {
-    let setup = [
-        "link set lo up",
-        "link add ftp0 type veth peer name ftp1",
-        "addr add 11.0.0.7/24 dev ftp0",
-        "link set ftp0 up",
-        "link set ftp1 up",
-    ];
-    let got = in_netns("own", &setup, || {
-        let (server, port) = start(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |_| {});
-        let mut t = TurnUdp::new(SocketAddr::from(([127, 0, 0, 1], port)), USER, PASS, REALM);
-        t.allocate().expect("Allocate");
+    let got = in_netns("own", &OWN_SETUP, || {
+        let (server, port, mut t) = wildcard_allocation();
         let own = |p: u16| SocketAddr::from(([11, 0, 0, 7], p));
         let got = [
             t.channel_bind(0x4000, own(22)),
@@ -394,17 +402,8 @@ fn wildcard_listener_makes_every_host_address_own() {
 /// an ordinary peer again once removed. 11.0.0.9 is an ordinary public address otherwise.
 #[test]
 fn host_address_added_while_running_becomes_own() {
-    let setup = [
-        "link set lo up",
-        "link add ftp0 type veth peer name ftp1",
-        "addr add 11.0.0.7/24 dev ftp0",
-        "link set ftp0 up",
-        "link set ftp1 up",
-    ];
-    let got = in_netns("own2", &setup, || {
-        let (server, port) = start(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |_| {});
-        let mut t = TurnUdp::new(SocketAddr::from(([127, 0, 0, 1], port)), USER, PASS, REALM);
-        t.allocate().expect("Allocate");
+    let got = in_netns("own2", &OWN_SETUP, || {
+        let (server, _, mut t) = wildcard_allocation();
         // A peer address is bound to one channel (RFC 8656 §12): a port per attempt.
         let new = |p: u16| SocketAddr::from(([11, 0, 0, 9], p));
         let before = t.channel_bind(0x4000, new(22));

@@ -226,21 +226,19 @@ fn unbound_peer_connection_is_closed_with_the_allocation() {
     assert_eq!(n, idle + 3, "server descriptors left behind");
 }
 
-#[test]
-fn two_shards_data_connections_on_either_shard_are_closed() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let srv = server(2);
+/// A TCP allocation on `control` with incoming peer connections (each from its own port, so
+/// each its own peer), bound on new client connections that the kernel's SO_REUSEPORT hash
+/// spreads over the two shards. Rounds are added until some landed on the shard without the
+/// control connection (each connection does with probability 1/2), as the shards' published
+/// connection counts show: (data connection, peer side) pairs, and whether both shards hold some.
+fn splices_on_both_shards(
+    srv: &common::TestServer,
+    control: &mut Client,
+) -> (Vec<(TcpStream, TcpStream)>, bool) {
     let addr = srv.server().tcp_addrs()[0];
-    let idle = fds();
-    let mut control = Client::new(tcp(addr));
     let relayed = control.allocate_tcp();
     control.create_permission("127.0.0.1:1".parse().unwrap());
-    // Incoming peer connections (each from its own port, so each its own peer), bound on new
-    // client connections that the kernel's SO_REUSEPORT hash spreads over the two shards. Add
-    // rounds until some landed on the shard without the control connection (each connection
-    // does with probability 1/2), as the shards' published connection counts show.
-    let mut pairs: Vec<(TcpStream, TcpStream)> = Vec::new();
-    let mut both = false;
+    let mut pairs = Vec::new();
     for round in 0..4 {
         for k in 0..6u8 {
             let mut peer = tcp(relayed);
@@ -254,10 +252,20 @@ fn two_shards_data_connections_on_either_shard_are_closed() {
         let per_shard: Vec<usize> = srv.server().stats().iter().map(|s| s.connections).collect();
         println!("client connections per shard: {per_shard:?}");
         if per_shard.iter().all(|&n| n > 0) {
-            both = true;
-            break;
+            return (pairs, true);
         }
     }
+    (pairs, false)
+}
+
+#[test]
+fn two_shards_data_connections_on_either_shard_are_closed() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(2);
+    let addr = srv.server().tcp_addrs()[0];
+    let idle = fds();
+    let mut control = Client::new(tcp(addr));
+    let (mut pairs, both) = splices_on_both_shards(&srv, &mut control);
     assert!(
         both,
         "no data connection landed on the second shard in 24 tries"
@@ -429,25 +437,7 @@ fn shutdown_logs_every_live_splice() {
     let srv = server(2);
     let addr = srv.server().tcp_addrs()[0];
     let mut control = Client::new(tcp(addr));
-    let relayed = control.allocate_tcp();
-    control.create_permission("127.0.0.1:1".parse().unwrap());
-    // As in two_shards_data_connections_on_either_shard_are_closed: rounds until both shards
-    // hold data connections.
-    let mut pairs: Vec<(TcpStream, TcpStream)> = Vec::new();
-    for round in 0..4 {
-        for k in 0..6u8 {
-            let mut peer = tcp(relayed);
-            let id = control.connection_attempt();
-            let mut data = data_connection(addr, id).expect("ConnectionBind");
-            exchange(&mut data, &mut peer, round * 6 + k);
-            pairs.push((data, peer));
-        }
-        std::thread::sleep(Duration::from_millis(1100));
-        let per_shard: Vec<usize> = srv.server().stats().iter().map(|s| s.connections).collect();
-        if per_shard.iter().all(|&n| n > 0) {
-            break;
-        }
-    }
+    let (pairs, _) = splices_on_both_shards(&srv, &mut control);
     let before = log_len();
     drop(srv); // shutdown: threads joined
     let logged = count_lines(before, "event=\"tcp_connection_end\"");

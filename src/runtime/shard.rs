@@ -1464,7 +1464,7 @@ impl Shard {
 
     /// Queue `n` bytes of `self.buf` read from `ci` on its splice partner, and count them: on
     /// the peer side of the splice (its usage record) and in the relayed-bytes totals.
-    fn count_splice(&mut self, ci: usize, partner: usize, n: usize) {
+    fn forward_splice(&mut self, ci: usize, partner: usize, n: usize) {
         let Some(Some(p)) = self.conns.get_mut(partner) else {
             return;
         };
@@ -1532,7 +1532,7 @@ impl Shard {
                 return self.close_conn(ci, now);
             }
             if n > 0 {
-                self.count_splice(ci, partner, n);
+                self.forward_splice(ci, partner, n);
             }
         }
         // Budget spent: re-arm so the rest is read on the next turn.
