@@ -448,3 +448,44 @@ fn shutdown_logs_every_live_splice() {
         pairs.len()
     );
 }
+
+/// The admin session list (and the per-user byte metrics built from it) counts a TCP
+/// allocation's data connections: the live ones wherever they are spliced, the ended ones with
+/// the allocation, none lost or counted twice when they end.
+#[test]
+fn session_list_counts_data_connection_bytes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(2);
+    let mut control = Client::new(tcp(srv.server().tcp_addrs()[0]));
+    let (mut pairs, both) = splices_on_both_shards(&srv, &mut control);
+    assert!(both, "no data connection landed on the second shard");
+    // 300 bytes each way per connection (`exchange`), and 100 more to the first one's peer.
+    let (d, p) = &mut pairs[0];
+    d.write_all(&[1u8; 100]).unwrap();
+    p.read_exact(&mut [0u8; 100]).expect("client → peer bytes");
+    let n = pairs.len() as u64;
+    let want = (300 * n + 100, 300 * n);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bytes = || {
+        let all = rt.block_on(srv.server().handle().sessions());
+        assert_eq!(all.len(), 1, "one session: {all:?}");
+        (all[0].to_peer_bytes, all[0].to_client_bytes)
+    };
+    assert_eq!(bytes(), want, "live data connections (to peer, to client)");
+    // Every data connection closed (each takes its peer connection along): the control
+    // connection is the only client connection left (counters are published once a second).
+    drop(pairs);
+    let clients = || {
+        srv.server()
+            .stats()
+            .iter()
+            .map(|s| s.connections)
+            .sum::<usize>()
+    };
+    wait_until(Duration::from_secs(3), || clients() == 1);
+    assert_eq!(clients(), 1, "data connections closed");
+    assert_eq!(bytes(), want, "ended data connections (to peer, to client)");
+}

@@ -233,7 +233,8 @@ impl Driver {
         if close {
             let n = self.conn_ids.len().max(1);
             let id = self.conn_ids.get(peer_ix as usize % n).copied();
-            self.e.on_peer_tcp_closed(id.unwrap_or(u32::from(peer_ix)));
+            self.e
+                .on_peer_tcp_closed(id.unwrap_or(u32::from(peer_ix)), 0, 0);
         } else if let Some(id) = self.e.on_peer_tcp_accepted(self.now, relay, p) {
             assert!(
                 self.relays.get(&relay).is_some_and(|r| r.1),

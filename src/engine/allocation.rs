@@ -81,6 +81,10 @@ pub struct Allocation {
     pub to_peer_bytes: u64,
     pub to_client_packets: u64,
     pub to_client_bytes: u64,
+    /// RFC 6062: bytes of this allocation's data connections that have ended (each one's are
+    /// also in its `tcp_connection_end` record); in the admin session list, not `session_end`.
+    pub spliced_to_peer: u64,
+    pub spliced_to_client: u64,
     /// RFC 6062 TCP allocation: the relayed address is a TCP listener.
     pub tcp: bool,
     /// TCP allocations: peers with a connection (pending bind or spliced), for 446, with the

@@ -1349,6 +1349,8 @@ impl Engine {
             to_peer_bytes: 0,
             to_client_packets: 0,
             to_client_bytes: 0,
+            spliced_to_peer: 0,
+            spliced_to_client: 0,
             tcp: p.tcp,
             tcp_peers: Vec::new(),
             bw: [ByteBucket::new(self.cfg.limits.max_bps); 2],

@@ -245,9 +245,10 @@ impl SessionInfo {
             tcp_relay: a.tcp,
             age: now.saturating_duration_since(a.created),
             to_peer_packets: a.to_peer_packets,
-            to_peer_bytes: a.to_peer_bytes,
+            // RFC 6062: plus the data connections that ended (the runtime adds live ones).
+            to_peer_bytes: a.to_peer_bytes + a.spliced_to_peer,
             to_client_packets: a.to_client_packets,
-            to_client_bytes: a.to_client_bytes,
+            to_client_bytes: a.to_client_bytes + a.spliced_to_client,
             permissions: a.permissions.iter().filter(|p| p.expires > now).count(),
             channels: a.channels.iter().filter(|c| c.expires > now).count(),
         }

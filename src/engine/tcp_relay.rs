@@ -257,7 +257,17 @@ impl Engine {
 
     /// The peer connection `conn_id` is gone (either side of its splice closed). Ids are unique
     /// across shards, so an id of another shard's allocation is simply not found here.
-    pub fn on_peer_tcp_closed(&mut self, conn_id: u32) {
+    /// `to_peer` / `to_client`: the bytes it carried while spliced (0 if it never was), kept
+    /// with the allocation for the admin session list.
+    pub fn on_peer_tcp_closed(&mut self, conn_id: u32, to_peer: u64, to_client: u64) {
+        if let Some(a) = self
+            .tcp_conns
+            .get(&conn_id)
+            .and_then(|&idx| self.allocs[idx as usize].as_mut())
+        {
+            a.spliced_to_peer += to_peer;
+            a.spliced_to_client += to_client;
+        }
         self.forget_tcp_connection(conn_id);
     }
 

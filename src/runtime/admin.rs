@@ -2,6 +2,7 @@
 //! admin HTTP/JSON API (sessions, kill, config, drain, log level) and the connectivity test
 //! page. Runs on the control thread's tokio runtime; talks to the shards only through
 //! [`Control`] messages (with a reply channel) and the stats they publish once a second.
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -112,14 +113,29 @@ impl ServerHandle {
             .collect()
     }
 
-    /// Every shard's sessions (a shard that does not answer in time is left out).
+    /// Every shard's sessions (a shard that does not answer in time is left out). A TCP
+    /// allocation's bytes include its RFC 6062 data connections, ended and live; the live ones
+    /// may be spliced on any shard, so they are added here. (The shards answer one after the
+    /// other: a connection ending in between can be missed or counted twice in one listing.)
     pub async fn sessions(&self) -> Vec<SessionInfo> {
         let mut all = Vec::new();
+        let mut live = Vec::new();
         for s in &self.shards {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if s.send(Control::Sessions(tx)) {
-                if let Ok(Ok(v)) = tokio::time::timeout(SHARD_REPLY, rx).await {
-                    all.extend(v);
+                if let Ok(Ok(r)) = tokio::time::timeout(SHARD_REPLY, rx).await {
+                    all.extend(r.sessions);
+                    live.extend(r.live_splices);
+                }
+            }
+        }
+        if !live.is_empty() {
+            let by_id: HashMap<u64, usize> =
+                all.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+            for (session, to_peer, to_client) in live {
+                if let Some(&i) = by_id.get(&session) {
+                    all[i].to_peer_bytes += to_peer;
+                    all[i].to_client_bytes += to_client;
                 }
             }
         }

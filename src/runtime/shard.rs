@@ -62,8 +62,8 @@ pub enum Control {
     Shutdown,
     /// Start (true) or stop draining: new Allocates get 300 / 508.
     Drain(bool),
-    /// Admin API: this shard's sessions.
-    Sessions(tokio::sync::oneshot::Sender<Vec<SessionInfo>>),
+    /// Admin API: this shard's sessions, and the bytes of the live RFC 6062 splices it holds.
+    Sessions(tokio::sync::oneshot::Sender<ShardSessions>),
     /// Admin API: delete the session with this id, if it is here.
     Kill(u64, tokio::sync::oneshot::Sender<bool>),
     /// Admin API: delete every session of this user; replies how many.
@@ -71,8 +71,23 @@ pub enum Control {
     /// RFC 6062 §5.5: another shard deleted the TCP allocation of these connections; close the
     /// splices of theirs that landed here.
     CloseConnections(Vec<u32>),
-    /// RFC 6062: a splice of a peer connection of this shard's allocation ended elsewhere.
-    PeerClosed(u32),
+    /// RFC 6062: a splice of a peer connection of this shard's allocation ended elsewhere,
+    /// having carried these bytes to the peer and to the client.
+    PeerClosed {
+        conn_id: u32,
+        to_peer: u64,
+        to_client: u64,
+    },
+}
+
+/// A shard's answer to [`Control::Sessions`].
+#[derive(Debug, Default)]
+pub struct ShardSessions {
+    /// The allocations this shard owns.
+    pub sessions: Vec<SessionInfo>,
+    /// RFC 6062 data connections spliced on this shard and still open, whichever shard owns
+    /// their allocation: (session id, bytes to the peer, bytes to the client).
+    pub live_splices: Vec<(u64, u64, u64)>,
 }
 
 /// Every shard's control channel, set once all shards run: RFC 6062 connections of one shard's
@@ -457,7 +472,16 @@ impl Shard {
                 Control::Shutdown => self.shutdown = true,
                 Control::Drain(on) => self.engine.set_draining(on),
                 Control::Sessions(reply) => {
-                    let _ = reply.send(self.engine.sessions(now));
+                    let live_splices = self
+                        .spliced
+                        .values()
+                        .filter_map(|&pi| self.conns.get(pi)?.as_ref()?.peer_of.as_deref())
+                        .map(|po| (po.session, po.to_peer, po.to_client))
+                        .collect();
+                    let _ = reply.send(ShardSessions {
+                        sessions: self.engine.sessions(now),
+                        live_splices,
+                    });
                 }
                 Control::Kill(id, reply) => {
                     let found = self.engine.kill_session(now, id);
@@ -473,7 +497,11 @@ impl Shard {
                     let _ = reply.send(n);
                 }
                 Control::CloseConnections(ids) => self.close_connections(ids, false, now),
-                Control::PeerClosed(id) => self.engine.on_peer_tcp_closed(id),
+                Control::PeerClosed {
+                    conn_id,
+                    to_peer,
+                    to_client,
+                } => self.engine.on_peer_tcp_closed(conn_id, to_peer, to_client),
             }
         }
     }
@@ -1006,7 +1034,7 @@ impl Shard {
                 po.to_peer,
                 po.to_client,
             );
-            self.peer_gone(po.owner, po.conn_id);
+            self.peer_gone(po.owner, po.conn_id, po.to_peer, po.to_client);
         } else {
             self.conn_by_tuple.remove(&c.tuple);
             // RFC 8656 §3.1 / §7: an allocation made over a TCP or TLS connection ends with it.
@@ -1358,13 +1386,13 @@ impl Shard {
             return self.close_conn(ci, now);
         };
         if std.set_nonblocking(true).is_err() {
-            self.peer_gone(owner, conn_id);
+            self.peer_gone(owner, conn_id, 0, 0);
             return self.close_conn(ci, now);
         }
         let server = std.local_addr().unwrap_or(tuple.server);
         let mut sock = TcpStream::from_std(std);
         let Some(pi) = self.register_conn(&mut sock) else {
-            self.peer_gone(owner, conn_id);
+            self.peer_gone(owner, conn_id, 0, 0);
             return self.close_conn(ci, now);
         };
         // Bytes the client sent after its ConnectionBind already belong to the peer.
@@ -1444,12 +1472,20 @@ impl Shard {
         }
     }
 
-    /// The peer connection `id` of shard `owner`'s allocation is closed: tell that engine.
-    fn peer_gone(&mut self, owner: usize, id: u32) {
+    /// The peer connection `id` of shard `owner`'s allocation is closed, having carried these
+    /// bytes while spliced: tell that engine.
+    fn peer_gone(&mut self, owner: usize, id: u32, to_peer: u64, to_client: u64) {
         if owner == self.index {
-            self.engine.on_peer_tcp_closed(id);
+            self.engine.on_peer_tcp_closed(id, to_peer, to_client);
         } else {
-            self.tell(owner, Control::PeerClosed(id));
+            self.tell(
+                owner,
+                Control::PeerClosed {
+                    conn_id: id,
+                    to_peer,
+                    to_client,
+                },
+            );
         }
     }
 

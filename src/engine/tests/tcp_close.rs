@@ -170,9 +170,16 @@ fn closed_or_expired_peer_connections_free_the_peer_for_a_new_connect() {
     assert_eq!(r.len(), 1);
     r[0].assert_err(method::CONNECT, 446);
     // A splice of another shard's engine closing is not ours: nothing changes.
-    h.engine.on_peer_tcp_closed(spliced ^ 0x8000_0000);
+    h.engine.on_peer_tcp_closed(spliced ^ 0x8000_0000, 5, 6);
     connect(&mut h, &mut c)[0].assert_err(method::CONNECT, 446);
-    h.engine.on_peer_tcp_closed(spliced);
+    let bytes = |h: &Harness| {
+        let s = h.engine.sessions(h.now);
+        (s[0].to_peer_bytes, s[0].to_client_bytes)
+    };
+    assert_eq!(bytes(&h), (0, 0));
+    // Its bytes stay with the allocation for the session list.
+    h.engine.on_peer_tcp_closed(spliced, 700, 900);
+    assert_eq!(bytes(&h), (700, 900));
     assert!(connect(&mut h, &mut c).is_empty(), "Connect started again");
     assert!(matches!(
         h.peer_cmds.pop(),
