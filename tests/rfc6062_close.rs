@@ -459,6 +459,31 @@ fn session_list_counts_data_connection_bytes() {
     let mut control = Client::new(tcp(srv.server().tcp_addrs()[0]));
     let (mut pairs, both) = splices_on_both_shards(&srv, &mut control);
     assert!(both, "no data connection landed on the second shard");
+    // Both paths: a splice on the shard owning the allocation (which also holds the control
+    // connection) and one on the other shard. Add connections until the owner has one.
+    let owner_has_splice = || {
+        srv.server()
+            .stats()
+            .iter()
+            .any(|s| s.allocations == 1 && s.connections >= 2)
+    };
+    // The peer side of a pair is connected to the relayed address.
+    let relayed = pairs[0].1.peer_addr().unwrap();
+    for k in 0..24u8 {
+        if owner_has_splice() {
+            break;
+        }
+        let mut peer = tcp(relayed);
+        let id = control.connection_attempt();
+        let mut data = data_connection(srv.server().tcp_addrs()[0], id).expect("ConnectionBind");
+        exchange(&mut data, &mut peer, 100 + k);
+        pairs.push((data, peer));
+        std::thread::sleep(Duration::from_millis(1100)); // counters: once a second
+    }
+    assert!(
+        owner_has_splice(),
+        "no data connection on the allocation's shard"
+    );
     // 300 bytes each way per connection (`exchange`), and 100 more to the first one's peer.
     let (d, p) = &mut pairs[0];
     d.write_all(&[1u8; 100]).unwrap();
