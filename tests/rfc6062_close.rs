@@ -226,6 +226,21 @@ fn unbound_peer_connection_is_closed_with_the_allocation() {
     assert_eq!(n, idle + 3, "server descriptors left behind");
 }
 
+/// A peer connects to `relayed`, and a new client connection binds it (§5.3, §5.4); `salt`
+/// varies the 300 bytes `exchange` sends each way. Returns (data connection, peer side).
+fn spliced_peer(
+    addr: SocketAddr,
+    relayed: SocketAddr,
+    control: &mut Client,
+    salt: u8,
+) -> (TcpStream, TcpStream) {
+    let mut peer = tcp(relayed);
+    let id = control.connection_attempt();
+    let mut data = data_connection(addr, id).expect("ConnectionBind");
+    exchange(&mut data, &mut peer, salt);
+    (data, peer)
+}
+
 /// A TCP allocation on `control` with incoming peer connections (each from its own port, so
 /// each its own peer), bound on new client connections that the kernel's SO_REUSEPORT hash
 /// spreads over the two shards. Rounds are added until some landed on the shard without the
@@ -241,11 +256,7 @@ fn splices_on_both_shards(
     let mut pairs = Vec::new();
     for round in 0..4 {
         for k in 0..6u8 {
-            let mut peer = tcp(relayed);
-            let id = control.connection_attempt();
-            let mut data = data_connection(addr, id).expect("ConnectionBind");
-            exchange(&mut data, &mut peer, round * 6 + k);
-            pairs.push((data, peer));
+            pairs.push(spliced_peer(addr, relayed, control, round * 6 + k));
         }
         // Shard counters are published once a second.
         std::thread::sleep(Duration::from_millis(1100));
@@ -473,11 +484,8 @@ fn session_list_counts_data_connection_bytes() {
         if owner_has_splice() {
             break;
         }
-        let mut peer = tcp(relayed);
-        let id = control.connection_attempt();
-        let mut data = data_connection(srv.server().tcp_addrs()[0], id).expect("ConnectionBind");
-        exchange(&mut data, &mut peer, 100 + k);
-        pairs.push((data, peer));
+        let addr = srv.server().tcp_addrs()[0];
+        pairs.push(spliced_peer(addr, relayed, &mut control, 100 + k));
         std::thread::sleep(Duration::from_millis(1100)); // counters: once a second
     }
     assert!(
