@@ -94,6 +94,10 @@ MIN_PORT, MAX_PORT = 10000, 31999
 USER, PASS, REALM = "bench", "benchpass", "bench.local"
 DUR = 2 if SMOKE else 5            # seconds of measured traffic per data scenario
 RATE = 40000                       # offered packets/s (paced; = 80 k relayed/s in echo modes)
+# ChannelData 100 B at other paced rates: relayed/CPU-s depends on where the load sits against
+# each server's own saturation (a busy server batches by itself, an idle one pays a wake-up
+# per datagram), so one rate alone says little; the sweep shows the whole curve
+SWEEP = [10000, 20000, 60000, 80000]
 N_ALLOC = 2000 if SMOKE else 5000  # allocations for the allocations/s figure
 N_IDLE = 10000                     # idle allocations for the RSS figure
 started = []                       # PIDs this script started
@@ -307,6 +311,8 @@ def p99(srv, rate):
 
 SCEN = [  # key, label, unit, better ("hi"/"lo")
     ("chan100", "ChannelData UDP 100 B (ferroturn-bench, 40 k pps echo)", "relayed/CPU-s", "hi"),
+] + [(f"chan100_{r // 1000}k", f"ChannelData UDP 100 B, {r // 1000} k pps echo", "relayed/CPU-s",
+       "hi") for r in SWEEP] + [
     ("uclient100", "ChannelData UDP 100 B (turnutils_uclient, 20 k pps echo)", "relayed/CPU-s", "hi"),
     ("chan1000", "ChannelData UDP 1000 B", "relayed/CPU-s", "hi"),
     ("send100", "Send/Data indications 100 B", "relayed/CPU-s", "hi"),
@@ -334,6 +340,8 @@ try:
             # warm-up, not counted: first-use costs (page faults, caches) of a fresh server
             bench(srv, ["-m", "20", "--rate", str(RATE), "--warmup", "0", "--duration", "1"])
             m["chan100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE)])
+            for r in SWEEP:
+                m[f"chan100_{r // 1000}k"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(r)])
             m["uclient100"] = uclient(srv)
             m["chan1000"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "-l", "1000"])
             m["send100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--mode", "send"])
@@ -387,6 +395,20 @@ for r in rows:
     c = (">= " if lb["coturn"] else "") + f"{r['coturn']:.0f}"
     f = (">= " if lb["ferroturn"] else "") + f"{r['ferroturn']:.0f}"
     print(f"| {r['label']} | {r['unit']} | {c} | {f} | {r['ratio']:.2f} |")
+# The load sweep with what a single figure hides: loss, latency and how busy each server was
+sweep = [(RATE, "chan100")] + [(r, f"chan100_{r // 1000}k") for r in SWEEP]
+print("\nChannelData UDP 100 B echo by offered rate (medians; busy = server CPU / measured seconds):\n")
+print("| offered pps | coturn relayed/CPU-s | busy | loss % | p99 µs | ferroturn relayed/CPU-s | busy | loss % | p99 µs | ratio |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for rate, key in sorted(sweep):
+    cells = []
+    for n in ("coturn", "ferroturn"):
+        ms = [r["measurements"][key] for r in raw if r["server"] == n]
+        med = lambda f: statistics.median(f(x) for x in ms)
+        cells.append(f"{med(lambda x: x['value']):.0f} | {100 * med(lambda x: x['server_cpu_s']) / DUR:.0f} % | "
+                     f"{med(lambda x: x['loss_pct']):.1f} | {med(lambda x: x['p99_us']):.0f}")
+    row = next(r for r in rows if r["scenario"] == key)
+    print(f"| {rate} | {cells[0]} | {cells[1]} | {row['ratio']:.2f} |")
 print("\n(ratio: ferroturn / coturn; for RSS and p99 lower is better, so < 1 is better there;"
       " >= : the saturation search hit its time cap before any loss)")
 if os.environ.get("JSON_OUT"):
