@@ -87,6 +87,8 @@ pub struct Allocation {
     pub spliced_to_client: u64,
     /// RFC 6062 TCP allocation: the relayed address is a TCP listener.
     pub tcp: bool,
+    /// Allocated with DONT-FRAGMENT: the relay sockets send with DF set (RFC 8656 §7.2).
+    pub dont_fragment: bool,
     /// TCP allocations: peers with a connection (pending bind or spliced), for 446, with the
     /// CONNECTION-ID of each (closed with the allocation, RFC 6062 §5.5).
     pub tcp_peers: Vec<(SocketAddr, u32)>,
@@ -132,6 +134,20 @@ impl Allocation {
             .any(|p| p.ip == ip && p.expires > now)
     }
 
+    /// Whether installing `ips` (repeats allowed) stays within `cap` once expired permissions
+    /// are dropped: lets a request install all of its permissions or none (RFC 8656 §9.2).
+    pub fn permissions_fit(&mut self, ips: &[IpAddr], now: Instant, cap: usize) -> bool {
+        self.permissions.retain(|p| p.expires > now);
+        let new = ips
+            .iter()
+            .enumerate()
+            .filter(|&(i, ip)| {
+                !ips[..i].contains(ip) && !self.permissions.iter().any(|p| p.ip == *ip)
+            })
+            .count();
+        self.permissions.len() + new <= cap
+    }
+
     /// Install or refresh a permission. Returns false when the cap is reached.
     pub fn add_permission(&mut self, ip: IpAddr, now: Instant, cap: usize) -> bool {
         let expires = now + PERMISSION_LIFETIME;
@@ -166,6 +182,27 @@ impl Allocation {
     }
 
     /// RFC 8656 §11.2 rebind rules; `Err` names the reason for a 400.
+    /// Why `number` cannot be bound to `peer` (RFC 8656 §12.2: a number bound to another peer,
+    /// or the peer to another number, including bindings in their cool-down), if so.
+    pub fn channel_conflict(
+        &mut self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Option<&'static str> {
+        // Bindings past their cool-down are gone for good.
+        self.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);
+        self.channels.iter().find_map(|c| {
+            if c.number == number && c.peer != peer {
+                Some("channel number bound to another peer")
+            } else if c.peer == peer && c.number != number {
+                Some("peer bound to another channel")
+            } else {
+                None
+            }
+        })
+    }
+
     pub fn bind_channel(
         &mut self,
         number: u16,
@@ -173,15 +210,8 @@ impl Allocation {
         now: Instant,
         cap: usize,
     ) -> Result<(), &'static str> {
-        // Bindings past their cool-down are gone for good.
-        self.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);
-        for c in &self.channels {
-            if c.number == number && c.peer != peer {
-                return Err("channel number bound to another peer");
-            }
-            if c.peer == peer && c.number != number {
-                return Err("peer bound to another channel");
-            }
+        if let Some(why) = self.channel_conflict(number, peer, now) {
+            return Err(why);
         }
         let expires = now + CHANNEL_LIFETIME;
         if let Some(c) = self.channels.iter_mut().find(|c| c.number == number) {

@@ -15,13 +15,24 @@ use crate::codec::{long_term_key_md5, long_term_key_sha256, userhash};
 
 /// RFC 8489 §9.2: nonce cookie announcing the security features of §9.2.
 const NONCE_COOKIE: &str = "obMatJos2";
-/// Security feature bits (§18.1): bit 0 password algorithms, bit 1 username anonymity.
-/// Base64 of 0xC0 0x00 0x00.
-const NONCE_FEATURES: &str = "wAAA";
+/// Security feature set after the cookie (§9.2, registry §18.1): bit 0 "password algorithms",
+/// bit 1 "username anonymity", 24 bits in base64. Implementations disagree on which end bit 0
+/// is (stun-rs: the most significant bit; RFC 8489's Appendix B vector: the least), so each
+/// feature is set at both ends; the other end's bit is unassigned and ignored by either reading.
+/// Password algorithms alone: 0x80 0x00 0x01.
+const FEATURES_ALGORITHMS: &str = "gAAB";
+/// Both features: 0xC0 0x00 0x03.
+const FEATURES_ALGORITHMS_ANONYMITY: &str = "wAAD";
+/// Nonce stamp bit: the nonce was issued with [`PASSWORD_ALGORITHMS_MD5`].
+const LIST_BIT: u64 = 0x0080_0000;
 /// Nonce HMAC tag length in bytes (hex-encoded in the nonce).
 const NONCE_TAG_LEN: usize = 10;
 /// The PASSWORD-ALGORITHMS value we offer: SHA-256 first (preferred), then MD5; no parameters.
 pub const PASSWORD_ALGORITHMS: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
+/// Offered instead when a user has only an HA1 (MD5) key: a client takes the first algorithm
+/// it supports and does not retry with another (§9.2.5), so offering SHA-256 would lock such
+/// users out.
+pub const PASSWORD_ALGORITHMS_MD5: [u8; 4] = [0, 1, 0, 0];
 
 /// A derived long-term key (MD5 → 16 bytes, SHA-256 → 32 bytes).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -88,6 +99,12 @@ pub struct Auth {
     secrets: Vec<String>,
     nonce_key: [u8; 32],
     nonce_lifetime: u64,
+    /// PASSWORD-ALGORITHMS sent in every 401/438 and expected back.
+    algorithms: &'static [u8],
+    /// The nonce's security features: username anonymity only when a USERHASH can name every
+    /// user (static users; a TURN REST API name cannot be found from its hash), since a client
+    /// told so MUST send USERHASH (§9.2.5).
+    features: &'static str,
 }
 
 impl Auth {
@@ -108,6 +125,7 @@ impl Auth {
             users.insert(name.clone(), u);
             by_hash.insert(userhash(name, &cfg.realm), name.clone());
         }
+        let ha1_only = users.values().any(|u| u.sha256.is_none());
         Auth {
             realm: cfg.realm.clone(),
             users,
@@ -115,7 +133,22 @@ impl Auth {
             secrets: cfg.auth_secrets.clone(),
             nonce_key,
             nonce_lifetime: cfg.nonce_lifetime.as_secs().max(1),
+            algorithms: if ha1_only {
+                &PASSWORD_ALGORITHMS_MD5
+            } else {
+                &PASSWORD_ALGORITHMS
+            },
+            features: if cfg.auth_secrets.is_empty() {
+                FEATURES_ALGORITHMS_ANONYMITY
+            } else {
+                FEATURES_ALGORITHMS
+            },
         }
+    }
+
+    /// The PASSWORD-ALGORITHMS value of this configuration's challenges.
+    pub fn algorithms(&self) -> &'static [u8] {
+        self.algorithms
     }
 
     pub fn realm(&self) -> &str {
@@ -140,12 +173,13 @@ impl Auth {
     /// transport address)). Nothing is stored per client; any shard can verify it.
     pub fn make_nonce(&self, client: SocketAddr, unix_now: u64, salt: u32) -> String {
         let expiry = unix_now + self.nonce_lifetime;
-        // 40 bits of expiry (Unix seconds), 24 bits of salt.
-        let stamp = (expiry << 24) | u64::from(salt & 0x00ff_ffff);
+        // 40 bits of expiry (Unix seconds), 1 bit for the PASSWORD-ALGORITHMS offered with it,
+        // 23 bits of salt.
+        let stamp = (expiry << 24) | self.list_bit() | u64::from(salt & 0x007f_ffff);
         let tag: [u8; 32] = self.nonce_mac(stamp, client).finalize().into_bytes().into();
         let mut s = String::with_capacity(64);
         s.push_str(NONCE_COOKIE);
-        s.push_str(NONCE_FEATURES);
+        s.push_str(self.features);
         s.push_str(&format!("{stamp:016x}"));
         for b in &tag[..NONCE_TAG_LEN] {
             s.push_str(&format!("{b:02x}"));
@@ -154,7 +188,7 @@ impl Auth {
     }
 
     fn nonce_valid(&self, nonce: &[u8], client: SocketAddr, unix_now: u64) -> bool {
-        let prefix = NONCE_COOKIE.len() + NONCE_FEATURES.len();
+        let prefix = NONCE_COOKIE.len() + self.features.len();
         if nonce.len() != prefix + 16 + 2 * NONCE_TAG_LEN
             || !nonce.starts_with(NONCE_COOKIE.as_bytes())
         {
@@ -176,6 +210,18 @@ impl Auth {
             .verify_truncated_left(&claimed)
             .is_ok()
             && expiry > unix_now
+            // Issued with the other PASSWORD-ALGORITHMS (a reload added the first `0x<md5>`
+            // user or removed the last): stale, so the 438 carries the list now offered, and
+            // a client echoing a list we never sent with this nonce still gets 400 (§9.2.4).
+            && stamp & LIST_BIT == self.list_bit()
+    }
+
+    fn list_bit(&self) -> u64 {
+        if self.algorithms == PASSWORD_ALGORITHMS_MD5 {
+            LIST_BIT
+        } else {
+            0
+        }
     }
 
     /// RFC 8489 §9.2.4: check a request that should carry long-term credentials.
@@ -210,11 +256,16 @@ impl Auth {
         ) {
             (None, None) => password_algorithm::MD5,
             (Some(a), Some(list)) => {
-                if list != PASSWORD_ALGORITHMS || a.len() < 4 {
+                if list != self.algorithms {
                     return Err(AuthError::BadRequest("PASSWORD-ALGORITHMS mismatch"));
                 }
+                if a.len() < 4 {
+                    return Err(AuthError::BadRequest("PASSWORD-ALGORITHM length"));
+                }
+                // §9.2.4: the algorithm must be one of those offered (4-byte entries: ours
+                // carry no parameters).
                 let alg = u16::from_be_bytes([a[0], a[1]]);
-                if alg != password_algorithm::MD5 && alg != password_algorithm::SHA256 {
+                if !list.chunks(4).any(|e| e[..2] == alg.to_be_bytes()) {
                     return Err(AuthError::BadRequest("unsupported PASSWORD-ALGORITHM"));
                 }
                 alg
@@ -330,6 +381,43 @@ mod tests {
     }
 
     #[test]
+    fn nonce_features_and_algorithms_follow_the_config() {
+        // A TURN REST API user cannot be found from a USERHASH: no anonymity bit then (a client
+        // told so must send USERHASH, RFC 8489 §9.2.5).
+        let ip: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let rest = EngineConfig {
+            auth_secrets: vec!["s3cret".into()],
+            ..EngineConfig::default()
+        };
+        let a = Auth::new(&rest, [7; 32]);
+        let n = a.make_nonce(ip, 1000, 7);
+        assert!(n.starts_with("obMatJos2gAAB"), "{n}");
+        assert!(a.nonce_valid(n.as_bytes(), ip, 1000));
+        // base64 of the 24 bits: 0x800001 and 0xC00003.
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(b64.decode(FEATURES_ALGORITHMS).unwrap(), [0x80, 0, 0x01]);
+        assert_eq!(
+            b64.decode(FEATURES_ALGORITHMS_ANONYMITY).unwrap(),
+            [0xc0, 0, 0x03]
+        );
+        assert_eq!(a.algorithms(), PASSWORD_ALGORITHMS);
+        // An HA1-only user has no SHA-256 key: MD5 alone is offered.
+        let mut ha1 = EngineConfig::default();
+        ha1.users.insert("carol".into(), UserKey::Ha1([1; 16]));
+        let md5 = Auth::new(&ha1, [7; 32]);
+        assert_eq!(md5.algorithms(), PASSWORD_ALGORITHMS_MD5);
+        // A reload that changes the list makes the nonces issued with the other one stale
+        // (same nonce key), so clients get a 438 with the new list rather than a 400.
+        let both = Auth::new(&EngineConfig::default(), [7; 32]);
+        let n = both.make_nonce(ip, 1000, 7);
+        assert!(both.nonce_valid(n.as_bytes(), ip, 1000));
+        assert!(!md5.nonce_valid(n.as_bytes(), ip, 1000));
+        let n = md5.make_nonce(ip, 1000, 7);
+        assert!(md5.nonce_valid(n.as_bytes(), ip, 1000));
+        assert!(!both.nonce_valid(n.as_bytes(), ip, 1000));
+    }
+
+    #[test]
     fn nonce_roundtrip_and_expiry() {
         let cfg = EngineConfig::default();
         let a = Auth::new(&cfg, [7; 32]);
@@ -340,7 +428,8 @@ mod tests {
             a.make_nonce(ip, 1000, 8),
             "salted: distinct per challenge"
         );
-        assert!(n.starts_with("obMatJos2wAAA"));
+        // Static users only: password algorithms and username anonymity, at both ends.
+        assert!(n.starts_with("obMatJos2wAAD"));
         assert!(n.len() < 128);
         assert!(a.nonce_valid(n.as_bytes(), ip, 1000));
         assert!(a.nonce_valid(n.as_bytes(), ip, 1000 + 599));
@@ -354,6 +443,6 @@ mod tests {
         assert!(!a.nonce_valid(&bad, ip, 1000));
         let other = Auth::new(&cfg, [8; 32]);
         assert!(!other.nonce_valid(n.as_bytes(), ip, 1000));
-        assert!(!a.nonce_valid(b"obMatJos2wAAAzzzz", ip, 1000));
+        assert!(!a.nonce_valid(b"obMatJos2wAADzzzz", ip, 1000));
     }
 }

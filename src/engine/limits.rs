@@ -23,6 +23,9 @@ pub struct Limits {
     pub max_permissions: usize,
     /// Channels per allocation → 508 (RFC 8656 §12.2).
     pub max_channels: usize,
+    /// RFC 6062 peer data connections per TCP allocation, pending or spliced (Connect → 508;
+    /// a peer connecting beyond it is closed).
+    pub max_peer_connections: usize,
     /// Relayed payload bytes per second per allocation, each direction (coturn `max-bps`).
     pub max_bps: u64,
     /// This shard's share of the server's relayed bytes per second (`bps-capacity` divided by
@@ -58,6 +61,7 @@ impl Default for Limits {
             allocations_per_prefix: 1024,
             max_permissions: 128,
             max_channels: 64,
+            max_peer_connections: 64,
             max_bps: 0,
             shard_bps_capacity: 0,
             requests_per_ip: 500,

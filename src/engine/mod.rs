@@ -188,6 +188,9 @@ pub struct Stats {
     pub refused_permissions: u64,
     /// 508: channels per allocation (`max-channels-per-allocation`).
     pub refused_channels: u64,
+    /// RFC 6062 peer connections over `max-peer-connections-per-allocation`: Connect → 508, or
+    /// a connecting peer closed.
+    pub refused_peer_connections: u64,
     /// Requests dropped silently: source over `max-requests-per-ip`.
     pub refused_rate_requests: u64,
     /// 401/438 not sent: source over `max-401-per-ip` (reflection guard).
@@ -598,6 +601,13 @@ impl Engine {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         }
+        if msg.has(attr::DONT_FRAGMENT) && !a.dont_fragment {
+            // §11.2: DF is a property of the relay socket, set only for an Allocate that asked
+            // for it; a server that cannot set DF for this datagram treats DONT-FRAGMENT as an
+            // unknown comprehension-required attribute: the indication is discarded.
+            self.stats.dropped_malformed += 1;
+            return ClientAction::None;
+        }
         // §11.2: sent from the relayed address of the peer's family, if the allocation has one.
         let Some(relay) = a.permitted_relay(peer.ip(), now) else {
             self.stats.dropped_no_permission += 1;
@@ -823,11 +833,12 @@ impl Engine {
         let salt = self.next_rand() as u32;
         let nonce = self.auth.make_nonce(req.tuple.client, self.unix(now), salt);
         let realm = self.auth.realm().to_owned();
+        let algorithms = self.auth.algorithms();
         self.respond(now, req, Class::Error, None, false, |w| {
             w.error_code(code, stun::reason(code))
                 .attr(attr::REALM, realm.as_bytes())
                 .attr(attr::NONCE, nonce.as_bytes())
-                .attr(attr::PASSWORD_ALGORITHMS, &auth::PASSWORD_ALGORITHMS);
+                .attr(attr::PASSWORD_ALGORITHMS, algorithms);
         });
     }
 
@@ -1039,8 +1050,23 @@ impl Engine {
                 true,
             );
         }
+        // A token stands for the reserved address, family included (§7.2); one that is not
+        // (or no longer) valid → 508, whatever families this server has.
+        let token_v6 = token
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .and_then(|t| self.shared.reserved_v6(u64::from_be_bytes(t), now));
+        if token.is_some() && token_v6.is_none() {
+            return self.error(
+                now,
+                req,
+                Some(&auth),
+                508,
+                "invalid reservation token",
+                true,
+            );
+        }
         let want_v6 = match family {
-            None => false,
+            None => token_v6.unwrap_or(false),
             Some([1, ..]) => false,
             Some([2, ..]) => true,
             Some(_) => return self.error(now, req, Some(&auth), 440, "", true),
@@ -1136,7 +1162,10 @@ impl Engine {
                 }
             }
         } else {
-            match self.shared.take_port(even, reserve_next, now) {
+            match self
+                .shared
+                .take_port(even, reserve_next.then_some(bind_ip), now)
+            {
                 Some((p, tok)) => (Some(p), tok, false),
                 None => (None, None, false),
             }
@@ -1147,7 +1176,7 @@ impl Engine {
         // relayed address only: §7.2 asks for "a relayed transport address with an even port
         // number" and does not say which of the two.
         let second_port =
-            second.and_then(|_| self.shared.take_port(false, false, now).map(|(p, _)| p));
+            second.and_then(|_| self.shared.take_port(false, None, now).map(|(p, _)| p));
         if dual {
             // Step 9: 508 for a family without a free port, if the other one has one.
             if port.is_none() {
@@ -1271,7 +1300,8 @@ impl Engine {
                     }
                     let retry = !p.from_token && leg.attempts < MAX_BIND_ATTEMPTS;
                     let next = if retry {
-                        self.shared.take_port(leg.even, p.reserve_next, now)
+                        let reserve_for = p.reserve_next.then_some(leg.bind_ip);
+                        self.shared.take_port(leg.even, reserve_for, now)
                     } else {
                         None
                     };
@@ -1352,6 +1382,7 @@ impl Engine {
             spliced_to_peer: 0,
             spliced_to_client: 0,
             tcp: p.tcp,
+            dont_fragment: p.dont_fragment,
             tcp_peers: Vec::new(),
             bw: [ByteBucket::new(self.cfg.limits.max_bps); 2],
             session_id: self.next_rand(),
@@ -1519,7 +1550,7 @@ impl Engine {
             return;
         };
         let families = self.families(idx);
-        let mut peers = [None; stun::MAX_ATTRS];
+        let mut peers = [IpAddr::from([0u8; 4]); stun::MAX_ATTRS];
         let mut n = 0;
         for (t, v) in msg.iter() {
             if t != attr::XOR_PEER_ADDRESS {
@@ -1527,7 +1558,7 @@ impl Engine {
             }
             match self.check_peer(req, v, families, true) {
                 Ok(p) => {
-                    peers[n] = Some(p.ip());
+                    peers[n] = p.ip();
                     n += 1;
                 }
                 Err((code, why)) => return self.error(now, req, Some(&auth), code, why, true),
@@ -1540,10 +1571,9 @@ impl Engine {
             return;
         };
         let cap = self.cfg.limits.max_permissions;
-        let ok = peers[..n]
-            .iter()
-            .flatten()
-            .all(|ip| a.add_permission(*ip, now, cap));
+        // Room for all of them first, so a 508 leaves no permission behind.
+        let ok = a.permissions_fit(&peers[..n], now, cap)
+            && peers[..n].iter().all(|ip| a.add_permission(*ip, now, cap));
         if !ok {
             // RFC 8656 §9.2: 508 when the server cannot install the permissions.
             self.stats.refused_permissions += 1;
@@ -1608,6 +1638,16 @@ impl Engine {
             self.cfg.limits.max_channels,
             self.cfg.limits.max_permissions,
         );
+        // A conflicting binding is a 400 whatever the capacity.
+        if let Some(why) = a.channel_conflict(number, peer, now) {
+            return self.error(now, req, Some(&auth), 400, why, true);
+        }
+        // §12.2: binding a channel installs or refreshes the permission for the peer's IP;
+        // checked before the binding, so a 508 leaves no channel behind.
+        if !a.permissions_fit(&[peer.ip()], now, max_permissions) {
+            self.stats.refused_permissions += 1;
+            return self.error(now, req, Some(&auth), 508, "too many permissions", true);
+        }
         if let Err(why) = a.bind_channel(number, peer, now, max_channels) {
             // RFC 8656 §12.2: 508 Insufficient Capacity when out of resources; a conflicting
             // binding is a 400.
@@ -1620,7 +1660,6 @@ impl Engine {
             }
             return self.error(now, req, Some(&auth), 400, why, true);
         }
-        // §12.2: binding a channel installs or refreshes the permission for the peer's IP.
         if !a.add_permission(peer.ip(), now, max_permissions) {
             self.stats.refused_permissions += 1;
             return self.error(now, req, Some(&auth), 508, "too many permissions", true);

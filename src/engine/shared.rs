@@ -91,23 +91,28 @@ impl Shared {
         }
     }
 
-    /// A random free port, even if `even`; with `reserve_next` the following port must be free too
-    /// and is reserved under the returned token.
+    /// A random free port, even if `even`; with `reserve_for` (the relay address the port is
+    /// taken for) the following port must be free too and is reserved under the returned token,
+    /// for that address's family.
     pub fn take_port(
         &self,
         even: bool,
-        reserve_next: bool,
+        reserve_for: Option<IpAddr>,
         now: Instant,
     ) -> Option<(u16, Option<u64>)> {
         let mut p = self.ports.lock().unwrap_or_else(|e| e.into_inner());
         p.expire(now);
-        let port = p.take(even, reserve_next)?;
-        let token = if reserve_next {
-            Some(p.reserve(port + 1, now))
-        } else {
-            None
-        };
+        let port = p.take(even, reserve_for.is_some())?;
+        let token = reserve_for.map(|ip| p.reserve(port + 1, ip.is_ipv6(), now));
         Some((port, token))
+    }
+
+    /// Whether a live reservation is for an IPv6 relayed address (RFC 8656 §7.2: the token
+    /// stands for the reserved transport address, family included); the token stays valid.
+    pub fn reserved_v6(&self, token: u64, now: Instant) -> Option<bool> {
+        let mut p = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        p.expire(now);
+        p.reservations.get(&token).map(|r| r.1)
     }
 
     pub fn release_port(&self, port: u16) {
@@ -121,7 +126,7 @@ impl Shared {
     pub fn redeem(&self, token: u64, now: Instant) -> Option<u16> {
         let mut p = self.ports.lock().unwrap_or_else(|e| e.into_inner());
         p.expire(now);
-        p.reservations.remove(&token).map(|(port, _)| port)
+        p.reservations.remove(&token).map(|(port, ..)| port)
     }
 
     pub fn ports_in_use(&self) -> usize {
@@ -254,8 +259,8 @@ struct PortPool {
     used: Vec<u64>,
     in_use: usize,
     rng: u64,
-    /// token → (port, expiry). Reserved ports are marked used until redeemed or expired.
-    reservations: HashMap<u64, (u16, Instant)>,
+    /// token → (port, IPv6?, expiry). Reserved ports are marked used until redeemed or expired.
+    reservations: HashMap<u64, (u16, bool, Instant)>,
 }
 
 impl PortPool {
@@ -316,11 +321,11 @@ impl PortPool {
         self.mark(p, false);
     }
 
-    fn reserve(&mut self, p: u16, now: Instant) -> u64 {
+    fn reserve(&mut self, p: u16, v6: bool, now: Instant) -> u64 {
         if self.reservations.len() >= MAX_RESERVATIONS {
             // Oldest-first eviction is not worth a second index; drop an arbitrary one.
             if let Some(&t) = self.reservations.keys().next() {
-                if let Some((port, _)) = self.reservations.remove(&t) {
+                if let Some((port, ..)) = self.reservations.remove(&t) {
                     self.release(port);
                 }
             }
@@ -331,7 +336,7 @@ impl PortPool {
             token = self.next_rand();
         }
         self.reservations
-            .insert(token, (p, now + RESERVATION_LIFETIME));
+            .insert(token, (p, v6, now + RESERVATION_LIFETIME));
         token
     }
 
@@ -342,8 +347,8 @@ impl PortPool {
         let expired: Vec<(u64, u16)> = self
             .reservations
             .iter()
-            .filter(|(_, (_, exp))| *exp <= now)
-            .map(|(t, (p, _))| (*t, *p))
+            .filter(|(_, (_, _, exp))| *exp <= now)
+            .map(|(t, (p, ..))| (*t, *p))
             .collect();
         for (t, p) in expired {
             self.reservations.remove(&t);
@@ -361,27 +366,30 @@ mod tests {
         let s = Shared::new(50000, 50009, [0; 32], 42);
         let now = Instant::now();
         let mut got: Vec<u16> = (0..10)
-            .map(|_| s.take_port(false, false, now).unwrap().0)
+            .map(|_| s.take_port(false, None, now).unwrap().0)
             .collect();
         got.sort();
         assert_eq!(got, (50000..=50009).collect::<Vec<_>>());
-        assert!(s.take_port(false, false, now).is_none());
+        assert!(s.take_port(false, None, now).is_none());
         s.release_port(50003);
-        assert_eq!(s.take_port(false, false, now).unwrap().0, 50003);
+        assert_eq!(s.take_port(false, None, now).unwrap().0, 50003);
     }
 
     #[test]
     fn even_port_reservation() {
         let s = Shared::new(50000, 50009, [0; 32], 7);
         let now = Instant::now();
-        let (p, tok) = s.take_port(true, true, now).unwrap();
+        let (p, tok) = s.take_port(true, Some(IP), now).unwrap();
         assert_eq!(p % 2, 0);
         let tok = tok.unwrap();
         assert_eq!(s.ports_in_use(), 2);
+        assert_eq!(s.reserved_v6(tok, now), Some(false));
         assert_eq!(s.redeem(tok, now), Some(p + 1));
         assert_eq!(s.redeem(tok, now), None, "a token is single-use");
         // an unredeemed reservation expires and frees its port
-        let (_, tok2) = s.take_port(true, true, now).unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let (_, tok2) = s.take_port(true, Some(v6), now).unwrap();
+        assert_eq!(s.reserved_v6(tok2.unwrap(), now), Some(true));
         assert_eq!(s.ports_in_use(), 4);
         assert_eq!(s.redeem(tok2.unwrap(), now + RESERVATION_LIFETIME), None);
         assert_eq!(s.ports_in_use(), 3);

@@ -71,6 +71,17 @@ impl Engine {
         if busy {
             return self.error(now, req, Some(&auth), 446, "", true);
         }
+        if self.peer_connections(idx) >= self.cfg.limits.max_peer_connections {
+            self.stats.refused_peer_connections += 1;
+            return self.error(
+                now,
+                req,
+                Some(&auth),
+                508,
+                "too many peer connections",
+                true,
+            );
+        }
         let conn_id = self.shared.next_connection_id();
         let deadline = now + CONNECTION_TIMEOUT;
         self.pending_connects.insert(
@@ -89,6 +100,20 @@ impl Engine {
             conn_id,
             peer,
         });
+    }
+
+    /// Allocation `idx`'s peer connections, pending Connects included: each holds a socket,
+    /// so together they are bounded by `max-peer-connections-per-allocation`.
+    fn peer_connections(&self, idx: u32) -> usize {
+        let pending = self
+            .pending_connects
+            .values()
+            .filter(|p| p.alloc == idx)
+            .count();
+        let live = self.allocs[idx as usize]
+            .as_ref()
+            .map_or(0, |a| a.tcp_peers.len());
+        pending + live
     }
 
     /// The runtime's answer to [`RelayCommand::Connect`].
@@ -151,12 +176,19 @@ impl Engine {
             return None;
         };
         let idx = *idx;
+        let full = self.peer_connections(idx) >= self.cfg.limits.max_peer_connections;
         let a = self.allocs[idx as usize].as_mut()?;
         if !a.tcp
             || !a.has_permission(peer.ip(), now)
             || a.tcp_peers.iter().any(|(p, _)| *p == peer)
         {
             self.stats.dropped_no_permission += 1;
+            return None;
+        }
+        // A permitted peer can open connections from any number of ports: each holds a socket
+        // until bound or timed out, so they are capped per allocation.
+        if full {
+            self.stats.refused_peer_connections += 1;
             return None;
         }
         let conn_id = self.shared.next_connection_id();

@@ -1006,7 +1006,8 @@ fn integrity_without_nonce_realm_or_username_gets_400() {
 #[test]
 fn ha1_user_authenticates_with_md5_only() {
     // coturn-style HA1 key = MD5(user:realm:pass) (RFC 8489 §9.2.2). With no password there is
-    // no SHA-256 key, so PASSWORD-ALGORITHM SHA-256 fails (401).
+    // no SHA-256 key, so the challenge offers MD5 alone: an RFC 8489 client takes the first
+    // algorithm it supports and would not retry another after a 401 (§9.2.5).
     let mut config = cfg();
     let ha1 = long_term_key_md5("carol", REALM, "carol-pw");
     config.users.insert("carol".to_owned(), UserKey::Ha1(ha1));
@@ -1014,12 +1015,21 @@ fn ha1_user_authenticates_with_md5_only() {
     let mut c = Client::with_key(udp("198.51.100.20:40000"), "carol", &ha1);
     let (_, relayed) = h.alloc_ok(&mut c);
     assert_eq!(relayed.ip(), relay_v4());
+    assert_eq!(c.offered, [0, 1, 0, 0]);
+    // Password users of the same server use MD5 then too.
+    let mut m = Client::new(udp("198.51.100.20:40002"), "alice", "alice-pw");
+    m.algorithm = Some(password_algorithm::MD5);
+    m.integrity = IntegrityKind::Sha256;
+    let r = h.allocate(&mut m, &|_| {});
+    r.assert_ok(method::ALLOCATE);
+    m.assert_signed(&r);
 
+    // SHA-256 was not offered: 400 (§9.2.4, PASSWORD-ALGORITHM not in the list).
     let mut s = Client::with_key(udp("198.51.100.20:40001"), "carol", &ha1);
     s.algorithm = Some(password_algorithm::SHA256);
     s.integrity = IntegrityKind::Sha256;
     h.allocate(&mut s, &|_| {})
-        .assert_err(method::ALLOCATE, 401);
+        .assert_err(method::ALLOCATE, 400);
 }
 
 fn rest_cfg(secrets: &[&str]) -> EngineConfig {
@@ -1478,6 +1488,34 @@ fn even_port_with_reservation_and_token_redemption() {
 }
 
 #[test]
+fn reservation_token_keeps_the_family() {
+    // RFC 8656 §7.2: the token stands for the reserved transport address, so a token taken on
+    // an IPv6 allocation gives an IPv6 relayed address (the Allocate that redeems it may not
+    // carry REQUESTED-ADDRESS-FAMILY, step 5).
+    let mut config = cfg();
+    config.relay_ip_v6 = Some(relay_v6());
+    let mut h = Harness::new(config);
+    let mut a = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let r = h.allocate(&mut a, &|w| {
+        w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80]);
+    });
+    r.assert_ok(method::ALLOCATE);
+    let first = r.xor(attr::XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(first.ip(), relay_v6());
+    let token = r.get(attr::RESERVATION_TOKEN).expect("RESERVATION-TOKEN");
+    let mut b = Client::new(udp("198.51.100.30:41000"), "bob", "bob-pw");
+    let r = h.allocate(&mut b, &|w| {
+        w.attr(attr::RESERVATION_TOKEN, &token);
+    });
+    r.assert_ok(method::ALLOCATE);
+    assert_eq!(
+        r.xor(attr::XOR_RELAYED_ADDRESS).unwrap(),
+        SocketAddr::new(relay_v6(), first.port() + 1)
+    );
+}
+
+#[test]
 fn even_port_without_reservation() {
     // RFC 8656 §14.6: EVEN-PORT with R = 0: an even port, nothing reserved.
     let mut h = Harness::new(cfg());
@@ -1651,6 +1689,42 @@ fn dont_fragment_reaches_the_bind() {
         w.attr(attr::DONT_FRAGMENT, &[]);
     });
     assert!(h.binds[0].2);
+}
+
+#[test]
+fn send_indication_with_dont_fragment_needs_a_df_allocation() {
+    // RFC 8656 §11.2: a server that cannot set DF on the datagram treats DONT-FRAGMENT in a
+    // Send indication as an unknown comprehension-required attribute and discards it. DF is
+    // set per relay socket, by an Allocate with DONT-FRAGMENT.
+    let df_send = |peer| {
+        let mut b = Vec::new();
+        Writer::new(&mut b, method::SEND, Class::Indication, &new_tid())
+            .xor_addr(attr::XOR_PEER_ADDRESS, peer)
+            .attr(attr::DATA, b"df")
+            .attr(attr::DONT_FRAGMENT, &[]);
+        b
+    };
+    let mut h = Harness::new(cfg());
+    let mut plain = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    h.alloc_ok(&mut plain);
+    h.permit(&mut plain, &[p1()])
+        .assert_ok(method::CREATE_PERMISSION);
+    assert!(h.client_datagram(plain.tuple, &df_send(p1())).is_none());
+    assert_eq!(h.engine.stats.dropped_malformed, 1);
+    // Without the attribute the same allocation relays.
+    assert!(h
+        .client_datagram(plain.tuple, &send_indication(p1(), b"no df"))
+        .is_some());
+    let mut df = Client::new(udp("198.51.100.21:40000"), "alice", "alice-pw");
+    h.alloc_ok_with(&mut df, &|w| {
+        w.attr(attr::DONT_FRAGMENT, &[]);
+    });
+    h.permit(&mut df, &[p1()])
+        .assert_ok(method::CREATE_PERMISSION);
+    let out = h
+        .client_datagram(df.tuple, &df_send(p1()))
+        .expect("relayed");
+    assert_eq!((out.peer, &out.payload[..]), (p1(), &b"df"[..]));
 }
 
 #[test]

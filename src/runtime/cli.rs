@@ -403,6 +403,10 @@ pub struct AbuseArgs {
     /// Channels per allocation (508) [default: 64].
     #[arg(long, value_name = "N", global = true)]
     pub max_channels_per_allocation: Option<u64>,
+    /// RFC 6062 peer data connections per TCP allocation (Connect → 508; more peers
+    /// connecting are closed) [default: 64].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_peer_connections_per_allocation: Option<u64>,
     /// Relayed bytes per second per allocation, each direction; excess dropped
     /// [default: 0 = unlimited] (coturn: --max-bps).
     #[arg(long, value_name = "BYTES", global = true)]

@@ -126,6 +126,7 @@ struct FileConfig {
     max_allocations_per_prefix: Option<i64>,
     max_permissions_per_allocation: Option<i64>,
     max_channels_per_allocation: Option<i64>,
+    max_peer_connections_per_allocation: Option<i64>,
     max_bps: Option<i64>,
     bps_capacity: Option<i64>,
     max_requests_per_ip: Option<i64>,

@@ -53,6 +53,7 @@ impl Totals {
             a.refused_quota_prefix += b.refused_quota_prefix;
             a.refused_permissions += b.refused_permissions;
             a.refused_channels += b.refused_channels;
+            a.refused_peer_connections += b.refused_peer_connections;
             a.refused_rate_requests += b.refused_rate_requests;
             a.refused_rate_401 += b.refused_rate_401;
             a.refused_auth_backoff += b.refused_auth_backoff;
@@ -299,6 +300,7 @@ pub fn render(shards: &[ShardStats], draining: bool) -> String {
         ("prefix_quota", e.refused_quota_prefix),
         ("permissions_cap", e.refused_permissions),
         ("channels_cap", e.refused_channels),
+        ("peer_connections_cap", e.refused_peer_connections),
         ("request_rate", e.refused_rate_requests),
         ("challenge_rate", e.refused_rate_401),
         ("auth_backoff", e.refused_auth_backoff),

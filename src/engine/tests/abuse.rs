@@ -97,6 +97,44 @@ fn permissions_per_allocation_get_508() {
 }
 
 #[test]
+fn refused_create_permission_installs_none_of_its_peers() {
+    // RFC 8656 §9.2: a CreatePermission that gets 508 must not leave some of its permissions
+    // installed (the client was told it failed).
+    let mut h = Harness::new(with_limits(|l| l.max_permissions = 2));
+    let mut a = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let (relay, _) = h.alloc_ok(&mut a);
+    h.permit(&mut a, &[p1()])
+        .assert_ok(method::CREATE_PERMISSION);
+    // p2 would fit, p3 not: neither is installed.
+    h.permit(&mut a, &[p2(), p3()])
+        .assert_err(method::CREATE_PERMISSION, 508);
+    assert!(h.peer_datagram(relay, p2(), b"from p2").is_none());
+    // The same peer twice counts once: p2 alone (or repeated) still fits.
+    h.permit(&mut a, &[p2(), p2()])
+        .assert_ok(method::CREATE_PERMISSION);
+    assert!(h.peer_datagram(relay, p2(), b"from p2").is_some());
+}
+
+#[test]
+fn channel_bind_refused_for_permissions_binds_no_channel() {
+    // §12.2: a ChannelBind also installs the peer's permission; when that is refused (508) the
+    // channel must not be bound either.
+    let mut h = Harness::new(with_limits(|l| l.max_permissions = 1));
+    let mut a = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    h.alloc_ok(&mut a);
+    h.permit(&mut a, &[p1()])
+        .assert_ok(method::CREATE_PERMISSION);
+    h.channel_bind(&mut a, 0x4001, p2())
+        .assert_err(method::CHANNEL_BIND, 508);
+    assert!(h
+        .client_datagram(a.tuple, &channel_data(0x4001, b"to p2", true))
+        .is_none());
+    // Channel 0x4001 is free for p1, whose IP already has its permission.
+    h.channel_bind(&mut a, 0x4001, p1())
+        .assert_ok(method::CHANNEL_BIND);
+}
+
+#[test]
 fn channels_per_allocation_get_508() {
     // RFC 8656 §12.2: 508 Insufficient Capacity (not 400) when out of channel resources.
     let mut h = Harness::new(with_limits(|l| l.max_channels = 1));
@@ -325,4 +363,37 @@ fn defaults_are_finite() {
     assert!(l.requests_per_ip > 0 && l.challenges_per_ip > 0);
     assert!(l.auth_failures_before_backoff > 0);
     assert!(l.tcp_connections_per_ip > 0 && l.pending_tcp_connections > 0);
+}
+
+#[test]
+fn peer_connections_per_tcp_allocation_are_capped() {
+    // RFC 6062: a permitted peer can connect from any number of ports and a client can Connect
+    // to any number of peers; each holds a socket, so both count against one cap.
+    let mut h = Harness::new(with_limits(|l| l.max_peer_connections = 2));
+    let mut c = Client::new(tcp_tuple("198.51.100.20:40000"), "alice", "alice-pw");
+    let relay = tcp_allocation(&mut h, &mut c);
+    h.transact(&mut c, method::CREATE_PERMISSION, &|w| {
+        w.xor_addr(attr::XOR_PEER_ADDRESS, p1());
+    })
+    .assert_ok(method::CREATE_PERMISSION);
+    let port = |n: u16| SocketAddr::new(p1().ip(), n);
+    assert!(h
+        .engine
+        .on_peer_tcp_accepted(h.now, relay, port(1))
+        .is_some());
+    // A pending Connect counts as well.
+    let (_, req) = c.build(method::CONNECT, &|w| {
+        w.xor_addr(attr::XOR_PEER_ADDRESS, p2());
+    });
+    h.send(c.tuple, &req);
+    assert!(matches!(
+        h.peer_cmds.pop(),
+        Some(RelayCommand::Connect { .. })
+    ));
+    assert_eq!(h.engine.on_peer_tcp_accepted(h.now, relay, port(2)), None);
+    h.transact(&mut c, method::CONNECT, &|w| {
+        w.xor_addr(attr::XOR_PEER_ADDRESS, p3());
+    })
+    .assert_err(method::CONNECT, 508);
+    assert_eq!(h.engine.stats.refused_peer_connections, 2);
 }

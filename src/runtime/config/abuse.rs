@@ -20,6 +20,7 @@ pub(super) struct AbuseFile {
     max_allocations_per_prefix: Option<i64>,
     max_permissions_per_allocation: Option<i64>,
     max_channels_per_allocation: Option<i64>,
+    max_peer_connections_per_allocation: Option<i64>,
     max_bps: Option<i64>,
     bps_capacity: Option<i64>,
     max_requests_per_ip: Option<i64>,
@@ -40,6 +41,7 @@ impl From<&FileConfig> for AbuseFile {
             max_allocations_per_prefix: f.max_allocations_per_prefix,
             max_permissions_per_allocation: f.max_permissions_per_allocation,
             max_channels_per_allocation: f.max_channels_per_allocation,
+            max_peer_connections_per_allocation: f.max_peer_connections_per_allocation,
             max_bps: f.max_bps,
             bps_capacity: f.bps_capacity,
             max_requests_per_ip: f.max_requests_per_ip,
@@ -94,6 +96,13 @@ pub(super) fn resolve(
         cli.max_channels_per_allocation,
         fc.max_channels_per_allocation,
         d.max_channels as u64,
+        (1, 4096),
+    )? as usize;
+    let max_peer_connections = n(
+        "max-peer-connections-per-allocation",
+        cli.max_peer_connections_per_allocation,
+        fc.max_peer_connections_per_allocation,
+        d.max_peer_connections as u64,
         (1, 4096),
     )? as usize;
     let byte_range = (0, 1 << 40);
@@ -189,6 +198,7 @@ pub(super) fn resolve(
             allocations_per_prefix,
             max_permissions,
             max_channels,
+            max_peer_connections,
             max_bps,
             shard_bps_capacity,
             bps_capacity,
@@ -216,12 +226,13 @@ pub(super) fn summary(l: &Limits) -> String {
         }
     };
     format!(
-        "allocations per IP {}, per prefix {}; permissions {}, channels {} per allocation; \
-         max-bps {}, bps-capacity {}; TCP per IP {}, pending {}, handshake {} s",
+        "allocations per IP {}, per prefix {}; permissions {}, channels {}, peer connections {} \
+         per allocation; max-bps {}, bps-capacity {}; TCP per IP {}, pending {}, handshake {} s",
         n(l.allocations_per_ip.into()),
         n(l.allocations_per_prefix.into()),
         l.max_permissions,
         l.max_channels,
+        l.max_peer_connections,
         n(l.max_bps),
         n(l.bps_capacity),
         n(l.tcp_connections_per_ip.into()),
@@ -257,7 +268,10 @@ mod tests {
             (l.allocations_per_ip, l.allocations_per_prefix),
             (256, 1024)
         );
-        assert_eq!((l.max_permissions, l.max_channels), (128, 64));
+        assert_eq!(
+            (l.max_permissions, l.max_channels, l.max_peer_connections),
+            (128, 64, 64)
+        );
         assert_eq!((l.max_bps, l.bps_capacity, l.shard_bps_capacity), (0, 0, 0));
         // Per-source rates and the pending cap are shared out between the 2 shards.
         assert_eq!((l.requests_per_ip, l.challenges_per_ip), (250, 100));
