@@ -522,3 +522,90 @@ fn session_list_counts_data_connection_bytes() {
     assert_eq!(clients(), 1, "data connections closed");
     assert_eq!(bytes(), want, "ended data connections (to peer, to client)");
 }
+
+/// Both directions of a splice congested at once (client and peer write and do not read),
+/// then drained one after the other: when the peer side drains, the client side's own pending
+/// bytes must keep their write interest, or peer → client data stalls for good.
+#[test]
+fn splice_congested_both_ways_drains_both_ways() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(1);
+    let addr = srv.server().tcp_addrs()[0];
+    let (_control, mut data, mut peer, _l) = spliced_connect(addr);
+    data.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let chunk = vec![0x55u8; 65536];
+    let (mut up, mut down) = (0u64, 0u64);
+    let start = Instant::now();
+    let mut last_progress = Instant::now();
+    // Write both ways until neither side takes more for 700 ms (bounded: 10 s).
+    while start.elapsed() < Duration::from_secs(10) {
+        let mut progressed = false;
+        match data.write(&chunk) {
+            Ok(n) => (up, progressed) = (up + n as u64, true),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("data write: {e}"),
+        }
+        match peer.write(&chunk) {
+            Ok(n) => (down, progressed) = (down + n as u64, true),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("peer write: {e}"),
+        }
+        if progressed {
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > Duration::from_millis(700) {
+            break;
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let read_all = |s: &mut TcpStream, pause: Duration| -> u64 {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (mut b, mut got) = (vec![0u8; 16384], 0u64);
+        while let Ok(n @ 1..) = s.read(&mut b) {
+            got += n as u64;
+            std::thread::sleep(pause);
+        }
+        got
+    };
+    // The peer drains slowly (a congested receiver), then the client.
+    assert_eq!(
+        read_all(&mut peer, Duration::from_millis(2)),
+        up,
+        "client → peer"
+    );
+    assert_eq!(read_all(&mut data, Duration::ZERO), down, "peer → client");
+}
+
+/// RFC 6062 §5.4: the stream is framed no further after a ConnectionBind until it is answered
+/// (it may become raw peer data). When the bind fails, a request that came in the same segment
+/// is still answered, without waiting for more bytes.
+#[test]
+fn request_after_failed_connection_bind_is_answered() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(1);
+    let addr = srv.server().tcp_addrs()[0];
+    let mut d = StreamClient::new(tcp(addr));
+    // Learn realm and nonce; an unknown CONNECTION-ID is a 400.
+    assert_eq!(d.connection_bind(0x7fff_fff0), Err(400));
+    let (_, mut both) = d.signed(method::CONNECTION_BIND, |w| {
+        w.u32(attr::CONNECTION_ID, 0x7fff_fff1);
+    });
+    let tid = d.next_tid();
+    ferroturn::codec::stun::Writer::new(
+        &mut both,
+        method::BINDING,
+        ferroturn::codec::stun::Class::Request,
+        &tid,
+    );
+    d.write_raw(&both);
+    let bind = d.frame();
+    assert_eq!(
+        Message::parse(&bind).unwrap().class,
+        ferroturn::codec::stun::Class::Error
+    );
+    let binding = d.frame();
+    let m = Message::parse(&binding).unwrap();
+    assert_eq!((m.method, m.transaction_id()), (method::BINDING, tid));
+}

@@ -395,3 +395,138 @@ fn rfc6062_incoming_connection_attempt() {
     drop(raw);
     assert!(matches!(peer.read(&mut b), Ok(0) | Err(_)));
 }
+
+/// A FIN that arrives together with the client's last bytes (one segment, one epoll event with
+/// a short read) still closes the connection and ends its allocation: the short-read shortcut
+/// must not skip the read that sees the end of the stream.
+#[test]
+fn tcp_fin_with_last_data_ends_the_allocation() {
+    use std::os::fd::AsRawFd;
+    let srv = tcp_server(39);
+    let addr = srv.server().tcp_addrs()[0];
+    let gone = |srv: &common::TestServer| {
+        let end = Instant::now() + Duration::from_secs(3);
+        while srv.allocation_count() > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        srv.allocation_count() == 0
+    };
+    // ChannelData for an unbound channel: dropped without an answer, so nothing is written
+    // back before the close.
+    let last = [0x40, 0, 0, 4, 1, 2, 3, 4];
+    // The FIN in a later segment.
+    let mut c = StreamClient::new(tcp(addr));
+    c.allocate();
+    assert_eq!(srv.allocation_count(), 1);
+    let mut s = c.into_inner();
+    s.write_all(&last).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    assert!(gone(&srv), "separate FIN: allocation still there");
+    // Data and FIN in one segment: TCP_CORK holds the bytes until the close sends both.
+    let mut c = StreamClient::new(tcp(addr));
+    c.allocate();
+    assert_eq!(srv.allocation_count(), 1);
+    let mut s = c.into_inner();
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this test owns, with a c_int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    s.write_all(&last).unwrap();
+    drop(s);
+    assert!(
+        gone(&srv),
+        "data + FIN together: the server never saw the close"
+    );
+    // Shard stats are published once a second: wait for a publication after the close.
+    let conns = || -> usize { srv.server().stats().iter().map(|s| s.connections).sum() };
+    std::thread::sleep(Duration::from_millis(1200));
+    let end = Instant::now() + Duration::from_secs(5);
+    while conns() > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(conns(), 0, "connection left open");
+}
+
+/// A TLS client that stops reading while a peer floods it: what the server writes must stay
+/// whole frames (all or nothing per message). rustls's own buffer limit takes part of a message
+/// when nearly full, which broke the framing.
+#[test]
+fn tls_slow_reader_gets_only_whole_frames() {
+    let dir = temp_dir("tls-slow-reader");
+    let cert = make_cert();
+    install(&dir, &cert);
+    let srv = tls_server(38, &dir);
+    let s = tls_connect(srv.server().tls_addrs()[0], &[&cert]).expect("TLS handshake");
+    let mut c = StreamClient::new(s);
+    let relay = c.allocate();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.channel_bind(0x4000, peer.local_addr().unwrap());
+    assert_eq!(c.buffered(), 0);
+    let mut s = c.into_inner();
+    // Flood while the client does not read, until the server drops for it (its buffer is
+    // full) and a little longer; bounded at 10 s and 2 M datagrams. Shard stats are published
+    // once a second.
+    let mut msg = vec![0xEEu8; 1001];
+    let mut sent = 0u32;
+    let t0 = Instant::now();
+    let drops = || -> u64 { srv.server().stats().iter().map(|s| s.stream_drops).sum() };
+    let mut full_at = None;
+    while t0.elapsed() < Duration::from_secs(10) && sent < 2_000_000 {
+        msg[..4].copy_from_slice(&sent.to_be_bytes());
+        let _ = peer.send_to(&msg, relay);
+        sent += 1;
+        if sent % 64 == 0 {
+            std::thread::sleep(Duration::from_micros(300));
+            match full_at {
+                None if drops() > 0 => full_at = Some(Instant::now()),
+                Some(t) if t.elapsed() > Duration::from_millis(300) => break,
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        drops() > 0,
+        "the flood should have filled the client's buffer"
+    );
+    // Now read everything and check every frame.
+    s.sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let (mut rbuf, mut frames, mut b) = (Vec::new(), 0u64, vec![0u8; 65536]);
+    loop {
+        loop {
+            match ferroturn::codec::framing::frame_len(&rbuf, 0x7fff) {
+                Ok(Some(n)) => {
+                    let f: Vec<u8> = rbuf.drain(..n).collect();
+                    assert_eq!(&f[..4], &[0x40, 0x00, 0x03, 0xe9], "frame {frames}");
+                    assert!(
+                        f[8..4 + 1001].iter().all(|&x| x == 0xEE),
+                        "frame {frames} holds another frame's bytes"
+                    );
+                    frames += 1;
+                }
+                Ok(None) => break,
+                Err(e) => panic!("out of sync after {frames} whole frames: {e:?}"),
+            }
+        }
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rbuf.extend_from_slice(&b[..n]),
+        }
+    }
+    assert!(frames > 100, "only {frames} frames arrived");
+    assert!(
+        rbuf.is_empty(),
+        "{} bytes of a partial frame left",
+        rbuf.len()
+    );
+}

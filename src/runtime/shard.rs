@@ -200,6 +200,10 @@ struct Conn {
     rbuf: Vec<u8>,
     /// Plain TCP: bytes accepted for sending but not yet written.
     wbuf: Vec<u8>,
+    /// TLS: plaintext handed to rustls and not yet written out (less what `write_tls` wrote,
+    /// 0 once rustls is empty), held to `MAX_STREAM_WBUF` here rather than by rustls's own
+    /// buffer limit, which takes part of a message when nearly full (breaking the framing).
+    tls_queued: usize,
     writable_interest: bool,
     /// RFC 6062 splice: the connection whose bytes this one's are piped to and from.
     partner: Option<usize>,
@@ -413,8 +417,9 @@ impl Shard {
                         if ev.is_writable() {
                             self.write_conn(ci, now);
                         }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read_conn(ci, now);
+                        let hup = ev.is_read_closed() || ev.is_error();
+                        if ev.is_readable() || hup {
+                            self.read_conn(ci, now, hup);
                         }
                     }
                     Token(t) => self.read_listener(t - LISTENER_BASE, now),
@@ -709,11 +714,13 @@ impl Shard {
             let tls = match &tls {
                 Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
                     Ok(mut c) => {
-                        c.set_buffer_limit(Some(MAX_STREAM_WBUF));
+                        // Bounded per message in `enqueue_stream` (`Conn::tls_queued`).
+                        c.set_buffer_limit(None);
                         Some(Box::new(c))
                     }
                     Err(e) => {
                         warn!(error = %e, "TLS session setup failed");
+                        self.engine.shared().tcp_closed(client.ip());
                         continue;
                     }
                 },
@@ -740,6 +747,7 @@ impl Shard {
                 tls,
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
+                tls_queued: 0,
                 writable_interest: false,
                 partner: None,
                 peer_of: None,
@@ -785,7 +793,9 @@ impl Shard {
 
     /// Read what a stream client sent, frame it into messages (RFC 8656 §12.5) and hand each
     /// to the engine. A stream that is not TURN, or that overflows its buffer, is closed.
-    fn read_conn(&mut self, ci: usize, now: Instant) {
+    /// `hup`: the event said the other side closed (or failed), so read on to the end of the
+    /// stream even after a short read.
+    fn read_conn(&mut self, ci: usize, now: Instant, hup: bool) {
         if let Some(Some(Conn {
             partner: Some(p), ..
         })) = self.conns.get(ci)
@@ -795,6 +805,9 @@ impl Shard {
         }
         let mut close = false;
         let mut drained = false;
+        // Frames left behind a ConnectionBind that did not splice the stream: frame them even
+        // if no new bytes come.
+        let mut reframe = false;
         for _ in 0..READ_BUDGET {
             let Some(Some(c)) = self.conns.get_mut(ci) else {
                 return;
@@ -810,7 +823,9 @@ impl Shard {
                         got = n;
                         // A short read emptied the socket: skip the read that would only say
                         // EAGAIN (epoll is edge-triggered, so later bytes raise a new event).
-                        would_block = n < MAX_FRAME;
+                        // Not when the FIN came with the last bytes: no event follows it, and
+                        // only the next read's 0 tells the connection is closed.
+                        would_block = n < MAX_FRAME && !hup;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -863,7 +878,8 @@ impl Shard {
                 self.stream_reads += 1;
             }
             // 2. Messages out of the bytes.
-            if got > 0 && !close {
+            let mut stopped_at_bind = false;
+            if (got > 0 || reframe) && !close {
                 let tuple = c.tuple;
                 let max_channel = self.engine.config().max_channel();
                 let mut off = 0;
@@ -908,6 +924,7 @@ impl Shard {
                             }
                             off += n;
                             if bind {
+                                stopped_at_bind = true;
                                 break;
                             }
                         }
@@ -939,8 +956,11 @@ impl Shard {
                     let p = *p;
                     return self.pump_splice(ci, p, now);
                 }
+                // Not spliced (the bind failed): requests sent after it are still TURN.
+                reframe = stopped_at_bind
+                    && matches!(self.conns.get(ci), Some(Some(c)) if !c.rbuf.is_empty());
             }
-            if close || would_block {
+            if close || (would_block && !reframe) {
                 drained = would_block;
                 break;
             }
@@ -992,11 +1012,21 @@ impl Shard {
             if let Some(Some(pc)) = self.conns.get_mut(pi) {
                 if pc.paused {
                     pc.paused = false;
+                    // Keep its own write interest if it has bytes waiting too (both
+                    // directions congested), or they would never be written.
+                    let interest = if pc.writable_interest {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
                     let _ = self.poll.registry().reregister(
                         &mut pc.sock,
                         Token(CONN_BASE + pi),
-                        Interest::READABLE,
+                        interest,
                     );
+                    // Go on now rather than on its next event: TLS may hold decrypted bytes
+                    // read before the pause, and no event would come for those.
+                    self.pump_splice(pi, ci, now);
                 }
             }
         }
@@ -1280,10 +1310,21 @@ impl Shard {
             };
             let (s, peer) = match l.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // That one connection went away or a signal came: the rest of the queue is fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
                 Err(_) => {
+                    // EMFILE and the like: re-arming would report the listener again at once
+                    // and spin; the next connection attempt raises a new event.
                     self.recv_errors += 1;
-                    break;
+                    return;
                 }
             };
             if let Some(id) = self.engine.on_peer_tcp_accepted(now, relay, peer) {
@@ -1292,6 +1333,7 @@ impl Shard {
             }
             self.flush(now);
         }
+        // Budget spent: re-arm so the rest is accepted on the next turn.
         if let Some(Some(RelaySock::Tcp(l))) = self.relays.get_mut(relay as usize) {
             let _ = self.poll.registry().reregister(
                 l,
@@ -1413,6 +1455,7 @@ impl Shard {
             tls: None,
             rbuf: Vec::new(),
             wbuf: Vec::new(),
+            tls_queued: 0,
             writable_interest: false,
             partner: Some(ci),
             peer_of: Some(Box::new(PeerOf {
@@ -1673,8 +1716,21 @@ unsafe fn send_to_peers(relays: &[Option<RelaySock>], outs: &[Out], via: &[u32])
 /// Append `data` to the connection's send buffer without writing; false if it does not fit.
 fn enqueue_stream(c: &mut Conn, data: &[u8]) -> bool {
     match &mut c.tls {
-        // rustls holds plaintext up to its buffer limit (set at accept).
-        Some(tls) => matches!(tls.writer().write(data), Ok(n) if n == data.len()),
+        Some(tls) => {
+            if !tls.wants_write() {
+                c.tls_queued = 0;
+            }
+            if c.tls_queued + data.len() > MAX_STREAM_WBUF {
+                return false;
+            }
+            // Without a buffer limit rustls takes all of it (write_all fails only on a closed
+            // session, before anything is queued).
+            if tls.writer().write_all(data).is_err() {
+                return false;
+            }
+            c.tls_queued += data.len();
+            true
+        }
         None => {
             if c.wbuf.len() + data.len() > MAX_STREAM_WBUF {
                 false
@@ -1711,7 +1767,9 @@ fn flush_conn(c: &mut Conn) -> io::Result<()> {
         Some(tls) => {
             while tls.wants_write() {
                 match tls.write_tls(&mut c.sock) {
-                    Ok(_) => {}
+                    // Record overhead makes this count low by a few bytes per message: the
+                    // bound stays within a fraction of MAX_STREAM_WBUF.
+                    Ok(n) => c.tls_queued = c.tls_queued.saturating_sub(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),

@@ -232,6 +232,24 @@ impl<S: Read + Write> StreamClient<S> {
 }
 
 impl<S: Read + Write> StreamClient<S> {
+    /// A request signed with the credentials learnt so far, not sent: (transaction id, bytes).
+    pub fn signed(&mut self, m: u16, body: impl Fn(&mut Writer)) -> ([u8; 12], Vec<u8>) {
+        let tid = self.next_tid();
+        let mut buf = Vec::new();
+        let mut w = Writer::new(&mut buf, m, Class::Request, &tid);
+        body(&mut w);
+        w.attr(attr::USERNAME, USER.as_bytes())
+            .attr(attr::REALM, &self.realm)
+            .attr(attr::NONCE, &self.nonce)
+            .integrity(IntegrityKind::Sha1, &self.key);
+        (tid, buf)
+    }
+
+    /// Bytes as they are, in one write.
+    pub fn write_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
     /// [`StreamClient::request`] as a result: Ok(response) on success, Err(error code).
     pub fn try_request(&mut self, m: u16, body: impl Fn(&mut Writer)) -> Result<Vec<u8>, u16> {
         let resp = self.request(m, body);
