@@ -89,6 +89,10 @@ pub struct Allocation {
     pub tcp: bool,
     /// Allocated with DONT-FRAGMENT: the relay sockets send with DF set (RFC 8656 §7.2).
     pub dont_fragment: bool,
+    /// When this allocation's entry in the engine's timer heap fires: the one entry that
+    /// counts (older ones are skipped when they pop). A Refresh that extends the lifetime
+    /// pushes nothing; the entry re-arms when it fires, so Refreshes cannot grow the heap.
+    pub armed: Instant,
     /// TCP allocations: peers with a connection (pending bind or spliced), for 446, with the
     /// CONNECTION-ID of each (closed with the allocation, RFC 6062 §5.5).
     pub tcp_peers: Vec<(SocketAddr, u32)>,
@@ -117,6 +121,11 @@ impl Allocation {
     /// When the last of its relayed addresses expires.
     pub fn expires(&self) -> Option<Instant> {
         self.relays.iter().flatten().map(|r| r.expires).max()
+    }
+
+    /// The earliest time-to-expiry of its relayed addresses (§8.1: they expire one by one).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.relays.iter().flatten().map(|r| r.expires).min()
     }
 
     /// RFC 8656 §8.1: deleting the relayed address of one family "destroys any permissions or

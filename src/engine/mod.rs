@@ -646,6 +646,15 @@ impl Engine {
                 self.stats.dropped_malformed += 1;
                 // RFC 8489 §6.3: a malformed request gets a 400; anything else is dropped.
                 let (m, class) = decode_type(u16::from_be_bytes([data[0], data[1]]));
+                // The per-source request rate applies to these answers too: a flood of
+                // malformed requests from a spoofed source must not be reflected at any rate.
+                let t = self.ns(now);
+                if class == Class::Request
+                    && !self.limiter.request(&self.cfg.limits, tuple.client.ip(), t)
+                {
+                    self.stats.refused_rate_requests += 1;
+                    return ClientAction::None;
+                }
                 if class == Class::Request {
                     let mut tid = [0u8; 12];
                     tid.copy_from_slice(&data[8..20]);
@@ -1383,6 +1392,7 @@ impl Engine {
             spliced_to_client: 0,
             tcp: p.tcp,
             dont_fragment: p.dont_fragment,
+            armed: expires,
             tcp_peers: Vec::new(),
             bw: [ByteBucket::new(self.cfg.limits.max_bps); 2],
             session_id: self.next_rand(),
@@ -1486,7 +1496,12 @@ impl Engine {
                     r.expires = expires;
                 }
             }
-            self.timers.push(Reverse((expires, idx)));
+            // Only a shorter lifetime needs an earlier entry; a longer one is picked up when
+            // the armed entry fires.
+            if let Some(next) = a.next_expiry().filter(|&t| t < a.armed) {
+                a.armed = next;
+                self.timers.push(Reverse((next, idx)));
+            }
         }
         let secs = lifetime.as_secs() as u32;
         self.respond(
@@ -1684,7 +1699,9 @@ impl Engine {
                 break;
             }
             self.timers.pop();
-            let Some(a) = self.allocs[idx as usize].as_ref() else {
+            // A superseded entry (an earlier one was pushed since), or one of a deleted
+            // allocation whose slot was reused: the armed entry decides.
+            let Some(a) = self.allocs[idx as usize].as_ref().filter(|a| a.armed == t) else {
                 continue;
             };
             if a.expires().is_some_and(|t| t <= now) {
@@ -1696,6 +1713,13 @@ impl Engine {
             for f in [V4, V6] {
                 if expired[f] {
                     self.delete_relay(now, idx, f, "expired");
+                }
+            }
+            // Still there (refreshed, or a family left): arm for its next expiry.
+            if let Some(a) = self.allocs[idx as usize].as_mut() {
+                if let Some(next) = a.next_expiry() {
+                    a.armed = next;
+                    self.timers.push(Reverse((next, idx)));
                 }
             }
         }

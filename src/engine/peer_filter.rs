@@ -451,6 +451,24 @@ impl PeerFilter {
         f
     }
 
+    /// More of the server's own listeners that no peer may be (the metrics and admin HTTP
+    /// listeners): only their exact address (or port, for a wildcard), not their IP in general,
+    /// so a loopback admin listener does not make loopback an own address.
+    pub fn add_listeners(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for l in addrs {
+            let ip = canonical_ip(l.ip());
+            if ip.is_unspecified() {
+                self.wildcard_ports.push(l.port());
+            } else {
+                self.listeners.push(SocketAddr::new(ip, l.port()));
+            }
+        }
+        self.listeners.sort();
+        self.listeners.dedup();
+        self.wildcard_ports.sort_unstable();
+        self.wildcard_ports.dedup();
+    }
+
     /// The host's interface addresses this filter counts as own (see [`PeerFilterConfig`]).
     pub fn host_ips(&self) -> &[IpAddr] {
         &self.host_ips
@@ -506,14 +524,18 @@ impl PeerFilter {
                 return Err(DenyReason::OwnListener);
             }
         }
-        // 4: other services on the server host are refused. The relay range is other
-        // allocations on this server, which two users of the same server need to reach each
-        // other: allowed even when the server's address is private or loopback (the range rules
-        // below would refuse it). Without a port (CreatePermission with port 0) the IP goes
-        // through the rules below, and ChannelBind/Send check the port they actually use.
+        // 4: other services on the server host are refused. The relay range on a configured
+        // address (relay, external, listening IP) is other allocations on this server, which two
+        // users of the same server need to reach each other: allowed even when that address is
+        // private or loopback (the range rules below would refuse it). Not on the host's other
+        // interface addresses (a wildcard listener's 127.0.0.1, a docker bridge, a LAN
+        // address): no client is given a relayed address there, and services of the host
+        // listen there on ports of that range too. Without a port (CreatePermission with
+        // port 0) the IP goes through the rules below, and ChannelBind/Send check the port
+        // they actually use.
         if self.is_own(ip) {
             match port {
-                Some(p) if self.in_relay_range(p) => return Ok(()),
+                Some(p) if self.in_relay_range(p) && self.configured.contains(&ip) => return Ok(()),
                 Some(_) if !(self.allow_loopback && is_loopback(ip)) => {
                     return Err(DenyReason::OwnAddress)
                 }
@@ -873,7 +895,59 @@ mod tests {
         assert_eq!(f.check(sa("11.0.0.10", 22)), Err(OwnAddress));
         assert_eq!(f.check(sa("11.0.0.7", 3478)), Ok(()));
         assert_eq!(f.check(sa("198.51.100.7", 22)), Err(OwnAddress));
-        assert_eq!(f.check(sa("11.0.0.9", 50000)), Ok(()));
+        // The relay range is open on the configured address only: an interface address is
+        // another service of the host there too.
+        assert_eq!(f.check(sa("198.51.100.7", 50000)), Ok(()));
+        assert_eq!(f.check(sa("11.0.0.9", 50000)), Err(OwnAddress));
+    }
+
+    /// A wildcard listener makes every interface address own, loopback and private ones
+    /// included; none of them opens the relay range (a UDP service of the host on
+    /// 127.0.0.1:51820 must stay out of reach), while the configured relay address does.
+    #[test]
+    fn wildcard_host_addresses_do_not_open_the_relay_range() {
+        let f = PeerFilter::new(PeerFilterConfig {
+            own_listeners: vec![sa("0.0.0.0", 3478), sa("::", 3478)],
+            own_ips: vec![ip("203.0.113.5")],
+            host_ips: vec![
+                ip("127.0.0.1"),
+                ip("::1"),
+                ip("172.17.0.1"),
+                ip("169.254.3.4"),
+                ip("203.0.113.5"),
+            ],
+            relay_ports: (49152, 65535),
+            ..Default::default()
+        });
+        for peer in [
+            sa("127.0.0.1", 51820),
+            sa("::ffff:127.0.0.1", 50000),
+            sa("::1", 50000),
+            sa("172.17.0.1", 50000),
+            sa("169.254.3.4", 50000),
+        ] {
+            assert_eq!(f.check(peer), Err(OwnAddress), "{peer}");
+        }
+        assert_eq!(f.check(sa("203.0.113.5", 50000)), Ok(()));
+    }
+
+    #[test]
+    fn http_listeners_are_refused_as_peers() {
+        // The metrics and admin listeners: their exact address (or any own/loopback address
+        // for a wildcard one), even inside the relay range; their IP does not become own.
+        let mut f = PeerFilter::new(PeerFilterConfig {
+            own_listeners: vec![sa("203.0.113.5", 3478)],
+            relay_ports: (49152, 65535),
+            ..Default::default()
+        });
+        f.add_listeners([sa("203.0.113.5", 50001), sa("0.0.0.0", 50002)]);
+        assert_eq!(f.check(sa("203.0.113.5", 50001)), Err(OwnListener));
+        assert_eq!(f.check(sa("203.0.113.5", 50002)), Err(OwnListener));
+        assert_eq!(f.check(sa("127.0.0.1", 50002)), Err(OwnListener));
+        assert_eq!(f.check(sa("203.0.113.5", 50003)), Ok(()));
+        f.add_listeners([sa("127.0.0.1", 9641)]);
+        assert_eq!(f.check(sa("127.0.0.1", 9641)), Err(OwnListener));
+        assert_eq!(f.check(sa("198.51.100.9", 9641)), Ok(()));
     }
 
     #[test]

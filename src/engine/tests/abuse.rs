@@ -171,6 +171,22 @@ fn requests_per_source_are_rate_limited_silently() {
 }
 
 #[test]
+fn malformed_requests_are_rate_limited_too() {
+    // A 400 for a malformed request is an answer to an unauthenticated source like any other:
+    // the per-source request rate bounds them (no reflection at any rate).
+    let mut h = Harness::new(with_limits(|l| l.requests_per_ip = 10));
+    let t = udp("198.51.100.20:40000");
+    // A Binding request whose one attribute runs past the end of the message.
+    let mut bad = binding();
+    bad[2..4].copy_from_slice(&4u16.to_be_bytes());
+    bad.extend_from_slice(&[0x80, 0x22, 0x00, 0x10]);
+    let answered = (0..100).filter(|_| !h.send(t, &bad).is_empty()).count();
+    assert_eq!(answered, 21);
+    assert_eq!(h.engine.stats.refused_rate_requests, 79);
+    assert_eq!(h.engine.stats.dropped_malformed, 100);
+}
+
+#[test]
 fn ipv6_sources_are_limited_per_64() {
     let mut h = Harness::new(with_limits(|l| l.requests_per_ip = 1));
     // 3 (burst of 2 s + 1) from anywhere in one /64.
@@ -396,4 +412,39 @@ fn peer_connections_per_tcp_allocation_are_capped() {
     })
     .assert_err(method::CONNECT, 508);
     assert_eq!(h.engine.stats.refused_peer_connections, 2);
+}
+
+#[test]
+fn refreshes_do_not_grow_the_timer_heap() {
+    // Each Refresh used to push a timer entry that stayed until its deadline: an allocation
+    // refreshing at the request rate grew the heap by hundreds of thousands of entries.
+    let mut h = Harness::new(with_limits(|l| l.requests_per_ip = 0));
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    h.alloc_ok(&mut c);
+    for _ in 0..300 {
+        h.refresh(&mut c, Some(600)).assert_ok(method::REFRESH);
+    }
+    assert!(
+        h.engine.timers.len() <= 2,
+        "{} entries",
+        h.engine.timers.len()
+    );
+    // Expiry still follows the last Refresh: extended at 500 s to 1100 s, so alive past the
+    // first deadline (600 s) and gone after the second.
+    h.set_time(500);
+    h.refresh(&mut c, Some(600)).assert_ok(method::REFRESH);
+    h.set_time(601);
+    assert!(h.engine.has_allocation(&c.tuple));
+    h.set_time(1099);
+    assert!(h.engine.has_allocation(&c.tuple));
+    h.set_time(1101);
+    assert!(!h.engine.has_allocation(&c.tuple));
+    // A shorter lifetime moves the deadline earlier.
+    let mut d = Client::new(udp("198.51.100.21:40000"), "alice", "alice-pw");
+    h.alloc_ok_with(&mut d, &|w| {
+        w.u32(attr::LIFETIME, 3600);
+    });
+    h.refresh(&mut d, Some(700)).assert_ok(method::REFRESH);
+    h.set_time(1101 + 701);
+    assert!(!h.engine.has_allocation(&d.tuple));
 }
