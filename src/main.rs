@@ -101,10 +101,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async {
+    let clean = rt.block_on(async {
         if let Err(e) = ops.serve() {
             error!(error = %e, "cannot start the HTTP listeners");
-            return;
+            return false;
         }
         control_loop(&cli, &cfg, &server, &ops, &log).await
     });
@@ -112,20 +112,25 @@ fn main() -> ExitCode {
     info!(allocations = server.allocation_count(), "shutting down");
     server.shutdown();
     info!("stopped");
-    ExitCode::SUCCESS
+    // A failure to start exits non-zero, so `Restart=on-failure` restarts the service.
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Signals: SIGINT/SIGTERM stop, SIGHUP reloads the configuration (users, secrets, peer ACLs,
 /// quotas, log level); an invalid new configuration is logged and the running one kept.
 /// SIGUSR1 (or the admin API) starts a drain: the loop ends, and the process exits 0, once no
-/// allocation is left or after `drain-timeout`.
+/// allocation is left or after `drain-timeout`. `false`: it could not run (no signal handlers).
 async fn control_loop(
     cli: &Cli,
     running: &config::Config,
     server: &Server,
     ops: &Ops,
     log: &LogHandle,
-) {
+) -> bool {
     let drain_timeout = running.ops.drain_timeout;
     use tokio::signal::unix::{signal, SignalKind};
     let handle = server.handle();
@@ -138,7 +143,7 @@ async fn control_loop(
         signal(SignalKind::user_defined1()),
     ) else {
         error!("cannot install signal handlers; stopping");
-        return;
+        return false;
     };
     // Ready only now that SIGTERM and SIGHUP are handled.
     notify::notify(&format!(
@@ -152,8 +157,8 @@ async fn control_loop(
     let watchdog = notify::watchdog_interval().is_some();
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM"); return; }
-            _ = int.recv() => { info!("SIGINT"); return; }
+            _ = term.recv() => { info!("SIGTERM"); return true; }
+            _ = int.recv() => { info!("SIGINT"); return true; }
             _ = usr1.recv() => { handle.drain(); }
             // Polled rather than signalled: the admin API may start the drain too.
             _ = drain_tick.tick() => {
@@ -168,11 +173,11 @@ async fn control_loop(
                 });
                 if n == 0 {
                     info!(event = "drain_complete", "drain complete: no allocation left");
-                    return;
+                    return true;
                 }
                 if started.elapsed() >= drain_timeout {
                     warn!(event = "drain_timeout", allocations = n, "drain-timeout reached; exiting");
-                    return;
+                    return true;
                 }
             }
             _ = tick.tick() => {

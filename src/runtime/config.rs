@@ -1448,7 +1448,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
     } else {
         Vec::new()
     };
-    let peer_filter = PeerFilter::new(PeerFilterConfig {
+    let mut peer_filter = PeerFilter::new(PeerFilterConfig {
         allow_loopback,
         allowed,
         denied,
@@ -1634,6 +1634,13 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         !auth_secrets.is_empty(),
     )?;
 
+    // The HTTP listeners are the server's own too: no peer may be one of them.
+    peer_filter.add_listeners(
+        ops.prometheus
+            .iter()
+            .copied()
+            .chain(ops.admin.as_ref().map(|a| a.listen)),
+    );
     let defaults = EngineConfig::default();
     let engine = EngineConfig {
         realm: realm.map_or(defaults.realm, |(r, _)| r),

@@ -401,7 +401,9 @@ pub fn convert(text: &str) -> Result<Converted, ConvertError> {
         let l = l.trim_start_matches('-');
         let (name, value) = match l.find(|c: char| c == '=' || c.is_whitespace()) {
             Some(at) => {
-                let v = l[at + 1..].trim_start_matches(|c: char| c == '=' || c.is_whitespace());
+                // From `at`, not `at + 1`: the separator may be a multi-byte space (U+00A0
+                // pasted from a web page), and the trim takes it off anyway.
+                let v = l[at..].trim_start_matches(|c: char| c == '=' || c.is_whitespace());
                 (&l[..at], Some(unquote(v.trim())))
             }
             None => (l, None),
@@ -599,6 +601,16 @@ mod tests {
         assert_eq!(e.to_string(), "line 2: 'min-port': \"abc\" is not a number");
         assert_eq!(convert("realm\n").unwrap_err().message, "needs a value");
         assert!(convert("no-udp=false\n").is_err());
+    }
+
+    #[test]
+    fn multibyte_space_separator_is_a_separator() {
+        // A no-break space (U+00A0, two bytes) between name and value, as pasted from a web
+        // page: a separator like any whitespace, not a panic (this runs again on SIGHUP).
+        let c = convert("realm\u{a0}example.org\nmin-port\u{a0}=\u{a0}50000\n").unwrap();
+        let v: toml::Table = toml::from_str(&c.toml).unwrap();
+        assert_eq!(v["realm"].as_str(), Some("example.org"));
+        assert_eq!(v["min-port"].as_integer(), Some(50000));
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
             return None;
         }
     }
-    // Ping at half the period, as sd_watchdog_enabled(3) recommends.
-    Some(std::time::Duration::from_micros(usec / 2))
+    // Ping at half the period, as sd_watchdog_enabled(3) recommends; never a zero period (a
+    // WATCHDOG_USEC of 0 or 1 would make the ping timer panic).
+    Some(std::time::Duration::from_micros((usec / 2).max(1000)))
 }
 
 #[cfg(test)]
