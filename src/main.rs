@@ -78,6 +78,12 @@ fn main() -> ExitCode {
     // proc-user / proc-group: every listener (TURN, metrics, admin) is bound and the TLS files
     // are read; give up root now.
     match privdrop::drop_privileges(cfg.proc_user.as_deref(), cfg.proc_group.as_deref()) {
+        // proc-group alone changes the group only: still root.
+        Ok(Some((0, gid))) => warn!(
+            gid,
+            "running as root (proc-group changed the group only); set proc-user to drop \
+             privileges"
+        ),
         Ok(Some((uid, gid))) => info!(event = "privileges_dropped", uid, gid, "privileges dropped"),
         Ok(None) if privdrop::running_as_root() => {
             warn!("running as root; set proc-user (or use the systemd unit) to drop privileges")

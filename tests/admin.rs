@@ -270,3 +270,47 @@ fn config_log_level_and_drain() {
     let mut c = TurnUdp::new(srv.addr, USER, PASS, REALM);
     assert_eq!(c.allocate(), Answer::Err(508, None));
 }
+
+/// `static-auth-secret` reloads on SIGHUP; the test page's credentials must be signed with the
+/// reloaded secret (the engine checks that one), not the one the server started with.
+#[test]
+fn test_page_credentials_follow_a_reloaded_secret() {
+    use clap::Parser;
+    use ferroturn::engine::auth::rest_password;
+    let srv = start_server(ServerOpts::block(14).ports(10));
+    let secret_args = |s: &'static str| ["--use-auth-secret", "--static-auth-secret", s];
+    let mut args = vec!["--test-page"];
+    args.extend(secret_args("old-secret"));
+    let (_rt, ops) = start_ops(srv.server(), &args, Arc::new(|_: &str| Ok(())));
+    let a = ops.admin_addr().unwrap();
+    let minted = || {
+        let r = http(a, "GET", "/api/v1/test-credentials", Some(TOKEN), "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        (
+            j["username"].as_str().unwrap().to_owned(),
+            j["credential"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (user, cred) = minted();
+    assert_eq!(cred, rest_password("old-secret", &user));
+    // What main.rs does on SIGHUP with a file whose secret was rotated.
+    let mut argv = vec![
+        "ferroturn",
+        "--listening-ip",
+        "127.0.0.1",
+        "--realm",
+        "ferroturn.test",
+        "--test-page",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        TOKEN,
+    ];
+    argv.extend(secret_args("new-secret"));
+    let cli = ferroturn::runtime::cli::Cli::parse_from(argv);
+    let cfg = ferroturn::runtime::config::load(&cli).unwrap_or_else(|e| panic!("{e}"));
+    ops.set_config(&cfg);
+    let (user, cred) = minted();
+    assert_eq!(cred, rest_password("new-secret", &user));
+}

@@ -186,7 +186,8 @@ struct State {
 }
 
 struct TestPage {
-    secret: String,
+    /// The first `static-auth-secret`, as of the last reload (`None`: no secret any more).
+    secret: Mutex<Option<String>>,
     urls: Vec<String>,
 }
 
@@ -230,7 +231,7 @@ impl Ops {
                 cfg.ops.test_page_urls.clone()
             };
             cfg.engine.auth_secrets.first().map(|s| TestPage {
-                secret: s.clone(),
+                secret: Mutex::new(Some(s.clone())),
                 urls,
             })
         } else {
@@ -269,6 +270,11 @@ impl Ops {
     pub fn set_config(&self, cfg: &Config) {
         let mut c = self.state.config.lock().unwrap_or_else(|e| e.into_inner());
         *c = config_json(cfg);
+        // `static-auth-secret` reloads: the test page signs with the secret the engine checks.
+        if let Some(tp) = &self.state.test_page {
+            *tp.secret.lock().unwrap_or_else(|e| e.into_inner()) =
+                cfg.engine.auth_secrets.first().cloned();
+        }
     }
 
     /// Spawn the listeners on the current tokio runtime.
@@ -481,7 +487,13 @@ fn test_credentials(st: &State) -> Response {
         .unwrap_or_default()
         .as_secs();
     let username = format!("{}:ferroturn-test-page", unix + TEST_PAGE_TTL);
-    let credential = crate::engine::auth::rest_password(&tp.secret, &username);
+    let Some(secret) = tp.secret.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        return Response::json(
+            404,
+            &json!({"error": "no static-auth-secret since the last reload"}),
+        );
+    };
+    let credential = crate::engine::auth::rest_password(&secret, &username);
     Response::json(
         200,
         &json!({"urls": tp.urls, "username": username, "credential": credential,
