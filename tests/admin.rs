@@ -275,7 +275,6 @@ fn config_log_level_and_drain() {
 /// reloaded secret (the engine checks that one), not the one the server started with.
 #[test]
 fn test_page_credentials_follow_a_reloaded_secret() {
-    use clap::Parser;
     use ferroturn::engine::auth::rest_password;
     let srv = start_server(ServerOpts::block(14).ports(10));
     let secret_args = |s: &'static str| ["--use-auth-secret", "--static-auth-secret", s];
@@ -295,21 +294,9 @@ fn test_page_credentials_follow_a_reloaded_secret() {
     let (user, cred) = minted();
     assert_eq!(cred, rest_password("old-secret", &user));
     // What main.rs does on SIGHUP with a file whose secret was rotated.
-    let mut argv = vec![
-        "ferroturn",
-        "--listening-ip",
-        "127.0.0.1",
-        "--realm",
-        "ferroturn.test",
-        "--test-page",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--admin-token",
-        TOKEN,
-    ];
-    argv.extend(secret_args("new-secret"));
-    let cli = ferroturn::runtime::cli::Cli::parse_from(argv);
-    let cfg = ferroturn::runtime::config::load(&cli).unwrap_or_else(|e| panic!("{e}"));
+    let mut args = vec!["--test-page"];
+    args.extend(secret_args("new-secret"));
+    let cfg = ops_client::ops_config(&args);
     ops.set_config(&cfg);
     let (user, cred) = minted();
     assert_eq!(cred, rest_password("new-secret", &user));

@@ -1061,9 +1061,10 @@ impl Engine {
         }
         // A token stands for the reserved address, family included (§7.2); one that is not
         // (or no longer) valid → 508, whatever families this server has.
-        let token_v6 = token
+        let token_id = token
             .and_then(|t| <[u8; 8]>::try_from(t).ok())
-            .and_then(|t| self.shared.reserved_v6(u64::from_be_bytes(t), now));
+            .map(u64::from_be_bytes);
+        let token_v6 = token_id.and_then(|t| self.shared.reserved_v6(t, now));
         if token.is_some() && token_v6.is_none() {
             return self.error(
                 now,
@@ -1152,12 +1153,10 @@ impl Engine {
             }
             return self.error(now, req, Some(&auth), code, "", true);
         }
-        let (port, reservation, from_token) = if let Some(t) = token {
-            let port = <[u8; 8]>::try_from(t)
-                .ok()
-                .and_then(|t| self.shared.redeem(u64::from_be_bytes(t), now));
-            match port {
+        let (port, reservation, from_token) = if let Some(t) = token_id {
+            match self.shared.redeem(t, now) {
                 Some(p) => (Some(p), None, true),
+                // Valid above, redeemed by another shard's Allocate since.
                 None => {
                     self.shared.release_quota(&auth.username, client_ip);
                     return self.error(

@@ -417,6 +417,30 @@ pub fn start_ops(
     args: &[&str],
     log: ferroturn::runtime::admin::LogLevelSetter,
 ) -> (tokio::runtime::Runtime, ferroturn::runtime::admin::Ops) {
+    let mut cfg = ops_config(args);
+    // Port 0 is not a valid prometheus-port for operators; tests want an ephemeral one.
+    cfg.ops.prometheus = Some("127.0.0.1:0".parse().unwrap());
+    let mut ops = ferroturn::runtime::admin::Ops::bind(
+        &cfg,
+        server.handle(),
+        server.local_addrs(),
+        server.tcp_addrs(),
+        server.tls_addrs(),
+        log,
+    )
+    .expect("bind the HTTP listeners");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { ops.serve() }).expect("serve");
+    (rt, ops)
+}
+
+/// The configuration `start_ops` loads (metrics and the admin API on, the test token), with
+/// `args` added; also what a reload of that server would load.
+pub fn ops_config(args: &[&str]) -> ferroturn::runtime::config::Config {
     use clap::Parser;
     let mut argv = vec![
         "ferroturn",
@@ -436,23 +460,5 @@ pub fn start_ops(
     ];
     argv.extend_from_slice(args);
     let cli = ferroturn::runtime::cli::Cli::parse_from(argv);
-    let mut cfg = ferroturn::runtime::config::load(&cli).unwrap_or_else(|e| panic!("{e}"));
-    // Port 0 is not a valid prometheus-port for operators; tests want an ephemeral one.
-    cfg.ops.prometheus = Some("127.0.0.1:0".parse().unwrap());
-    let mut ops = ferroturn::runtime::admin::Ops::bind(
-        &cfg,
-        server.handle(),
-        server.local_addrs(),
-        server.tcp_addrs(),
-        server.tls_addrs(),
-        log,
-    )
-    .expect("bind the HTTP listeners");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { ops.serve() }).expect("serve");
-    (rt, ops)
+    ferroturn::runtime::config::load(&cli).unwrap_or_else(|e| panic!("{e}"))
 }
