@@ -5,6 +5,7 @@ mod common;
 #[path = "support/ops_client.rs"]
 mod ops_client;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,37 +189,65 @@ fn start_ops_default(
 }
 
 #[test]
-fn http_read_timeout_and_connection_cap() {
+fn http_read_timeout_and_connection_caps() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     let srv = start_server(ServerOpts::block(14).ports(10).threads(1));
     let (_rt, ops) = start_ops_default(&srv);
     let m = ops.metrics_addr().unwrap();
-    // 64 connections that never finish their request hold every slot...
+    // A connection from 127.0.0.`host` that sends `req` (whole or a part).
+    let from = |host: u8, req: &[u8]| {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local = SocketAddr::from(([127, 0, 0, host], 0));
+        sock.bind(&local.into()).unwrap();
+        sock.connect(&m.into()).unwrap();
+        let mut s: TcpStream = sock.into();
+        s.write_all(req).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let idle = |host: u8| from(host, b"GET /metrics HTTP/1.1\r\n");
+    let live_from = |host: u8| {
+        let mut out = String::new();
+        let _ = from(host, b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").read_to_string(&mut out);
+        out
+    };
     let t0 = std::time::Instant::now();
-    let mut idle: Vec<TcpStream> = (0..64)
-        .map(|_| {
-            let mut s = TcpStream::connect(m).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s
-        })
-        .collect();
+    // One host holds its 16 slots...
+    let mut held: Vec<TcpStream> = (0..16).map(|_| idle(2)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...its 17th is refused, while a scraper elsewhere still gets through.
+    let out = live_from(2);
+    assert!(
+        out.starts_with("HTTP/1.1 503 ")
+            && out.ends_with("too many connections from this address\n"),
+        "{out}"
+    );
+    assert!(live_from(3).starts_with("HTTP/1.1 200 "));
+    assert_eq!(http(m, "GET", "/live", None, "").status, 200);
+    // 64 connections from four hosts hold every slot...
+    held.extend((3..6).flat_map(|h| (0..16).map(move |_| h)).map(idle));
     std::thread::sleep(Duration::from_millis(200));
     // ...so the 65th is told 503 at once.
     let r = http(m, "GET", "/live", None, "");
     assert_eq!((r.status, r.body.as_str()), (503, "too many connections\n"));
     // The slow ones get 408 after the 5 s read timeout, and the slots come back.
     let mut out = String::new();
-    idle[0].read_to_string(&mut out).unwrap();
+    held[0].read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
     let waited = t0.elapsed();
     assert!(
         waited >= Duration::from_millis(4500) && waited < Duration::from_secs(9),
         "{waited:?}"
     );
-    idle.clear();
+    held.clear();
     assert!(wait_status(m, "/live", 200, Duration::from_secs(3)));
+    let out = live_from(2);
+    assert!(
+        out.starts_with("HTTP/1.1 200 "),
+        "the first host's slots came back: {out}"
+    );
 }
 
 #[test]

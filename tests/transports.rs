@@ -281,6 +281,31 @@ fn tls_certificate_hot_reload() {
     c1.send_channel_data(0x4003, b"after renewal");
     assert_eq!(c1.recv_channel_data().1, b"after renewal");
 
+    // A renewal that keeps the old modification times (`cp -p`, `rsync -t`) is seen too.
+    let mtime = |f: &str| std::fs::metadata(dir.join(f)).unwrap().modified().unwrap();
+    let (cert_mtime, key_mtime) = (mtime("cert.pem"), mtime("key.pem"));
+    let c = make_cert();
+    install(&dir, &c);
+    for (f, t) in [("cert.pem", cert_mtime), ("key.pem", key_mtime)] {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.join(f))
+            .unwrap();
+        file.set_modified(t).unwrap();
+    }
+    assert_eq!(
+        (mtime("cert.pem"), mtime("key.pem")),
+        (cert_mtime, key_mtime)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tls_connect(addr, &[&c]).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "a renewal with preserved modification times is not seen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A broken new file is refused and the current pair kept.
     std::fs::write(
         dir.join("cert.pem"),
@@ -288,8 +313,8 @@ fn tls_certificate_hot_reload() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    let s3 = tls_connect(addr, &[&b]).expect("previous certificate kept after a bad file");
-    assert_eq!(peer_cert(&s3), b.der);
+    let s3 = tls_connect(addr, &[&c]).expect("previous certificate kept after a bad file");
+    assert_eq!(peer_cert(&s3), c.der);
     drop((c1, s2, s3));
     let _ = std::fs::remove_dir_all(&dir);
 }

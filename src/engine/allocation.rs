@@ -100,6 +100,11 @@ pub struct Allocation {
     pub bw: [super::limits::ByteBucket; 2],
     /// Random id in logs (`session_start` / `session_end`) and the admin API.
     pub session_id: u64,
+    /// The Allocate that made this allocation and the success it got: a retransmission is
+    /// answered with these bytes even after the shard's transaction cache (bounded, shared by
+    /// every request) evicted them, instead of 437 (RFC 8656 §7.2, RFC 8489 §6.3.1).
+    pub created_by: [u8; 12],
+    pub created_answer: Box<[u8]>,
 }
 
 impl Allocation {

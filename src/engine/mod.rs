@@ -988,6 +988,26 @@ impl Engine {
     /// RFC 8656 §7.2, including dual allocations (ADDITIONAL-ADDRESS-FAMILY, step 9): one
     /// relay socket per family, one 5-tuple, one quota unit, one port per relay.
     fn allocate(&mut self, now: Instant, req: &Req, msg: &Message) {
+        // §7.2: a retransmission of the Allocate that made this allocation gets its success
+        // again, also once the transaction cache has let it go (within the 40 s a client
+        // retransmits; later the same ID is a new request and gets 437).
+        if let Some(a) = self
+            .by_tuple
+            .get(&req.tuple)
+            .and_then(|&i| self.allocs.get(i as usize)?.as_ref())
+        {
+            if a.created_by == req.tid
+                && !a.created_answer.is_empty()
+                && now < a.created + txn_cache::TXN_LIFETIME
+            {
+                let data = a.created_answer.to_vec();
+                self.transmits.push_back(Transmit {
+                    tuple: req.tuple,
+                    data,
+                });
+                return;
+            }
+        }
         let Some(auth) = self.authenticate(now, req, msg) else {
             return;
         };
@@ -1395,6 +1415,8 @@ impl Engine {
             tcp_peers: Vec::new(),
             bw: [ByteBucket::new(self.cfg.limits.max_bps); 2],
             session_id: self.next_rand(),
+            created_by: p.req.tid,
+            created_answer: Box::default(),
         };
         let setup = now.saturating_duration_since(p.started).as_micros() as u64;
         self.stats
@@ -1456,6 +1478,10 @@ impl Engine {
                 }
             },
         );
+        if let (Some(t), Some(Some(a))) = (self.transmits.back(), self.allocs.get_mut(idx as usize))
+        {
+            a.created_answer = t.data.as_slice().into();
+        }
     }
 
     /// RFC 8656 §8.2.
@@ -1884,11 +1910,16 @@ impl Engine {
         }
     }
 
-    /// Delete every allocation of `user` (a revoked user); returns how many.
+    /// Delete every allocation of `user` (a revoked user); returns how many. A TURN REST API
+    /// name `expiry:user` is `user`'s too: the credential service revokes a person, not one of
+    /// the time-limited names it handed out.
     pub fn kill_user(&mut self, now: Instant, user: &str) -> usize {
         let mut n = 0;
         for i in 0..self.allocs.len() {
-            if self.allocs[i].as_ref().is_some_and(|a| a.username == user) {
+            if self.allocs[i]
+                .as_ref()
+                .is_some_and(|a| ops::names_user(&a.username, user))
+            {
                 self.delete_allocation(now, i as u32, "killed");
                 n += 1;
             }

@@ -385,6 +385,15 @@ pub fn log_session_end(a: &Allocation, realm: &str, now: Instant, reason: EndRea
     );
 }
 
+/// Whether the allocation `username` belongs to `user` (admin kill): the same name, or a
+/// TURN REST API name `expiry:user` (draft-uberti-behave-turn-rest-00 §2.2).
+pub fn names_user(username: &str, user: &str) -> bool {
+    username == user
+        || username.split_once(':').is_some_and(|(expiry, u)| {
+            u == user && !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1349,6 +1349,40 @@ fn allocate_retransmission_gets_the_same_answer() {
 }
 
 #[test]
+fn allocate_retransmission_outlives_the_transaction_cache() {
+    // RFC 8656 §7.2: the shard's transaction cache is bounded and shared by every request, so
+    // a busy shard may evict an Allocate's answer within the 40 s its client retransmits;
+    // the retransmission still gets the original success, not 437. After 40 s the same
+    // transaction ID is a new request: 437.
+    let mut h = Harness::new(cfg());
+    let mut c = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    h.login(&mut c);
+    let (tid, req) = c.build(method::ALLOCATE, &transport_udp);
+    let first = h.send_one(c.tuple, &req);
+    first.assert_ok(method::ALLOCATE);
+    h.engine.txn = super::txn_cache::TxnCache::new(4096); // as if other transactions had evicted it
+    let again = h.send_one(c.tuple, &req);
+    assert_eq!(again, first, "byte-identical");
+    assert_eq!(again.tid(), tid);
+    // Another client's identical transaction ID on another 5-tuple is not a retransmission.
+    let mut d = Client::new(udp("198.51.100.21:40000"), "alice", "alice-pw");
+    h.login(&mut d);
+    let other = h.send_one(d.tuple, &req);
+    assert_ne!(other, first);
+    assert_eq!(
+        h.engine.allocation_count(),
+        1,
+        "a copied Allocate allocates nothing new"
+    );
+    h.set_time(41);
+    h.engine.txn = super::txn_cache::TxnCache::new(4096);
+    let late = h.send_one(c.tuple, &req);
+    late.assert_err(method::ALLOCATE, 437);
+    assert_eq!(h.binds.len(), 1);
+    assert_eq!(h.shared.total_allocations(), 1);
+}
+
+#[test]
 fn second_allocate_on_same_five_tuple_gets_437() {
     // RFC 8656 §7.2: the 5-tuple is already in use → 437 Allocation Mismatch.
     let mut h = Harness::new(cfg());

@@ -3,11 +3,14 @@
 //! connection, and every limit explicit.
 //!
 //! Limits: request head 8 KiB and 64 header lines, body 64 KiB (`Content-Length` only; no
-//! chunked uploads), 5 s to receive the whole request, 64 connections at a time (more are
-//! answered 503 and closed). Responses carry `Connection: close`.
+//! chunked uploads), 5 s to receive the whole request, 64 connections at a time and 16 from
+//! one source address (an IPv6 source counts by its /64), so one host holding idle connections
+//! cannot lock health checks and scrapes out; more are answered 503 and closed. Responses carry
+//! `Connection: close`.
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +23,56 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_BODY: usize = 64 * 1024;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 16;
+
+/// Open connections per source (see [`source_key`]); an entry goes when its count reaches 0,
+/// so the table holds at most [`MAX_CONNECTIONS`] entries.
+type Sources = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// What one host gets: an IPv4 address, or the /64 of an IPv6 one (IPv4-mapped as IPv4).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// One counted connection of a source; dropping it gives the slot back.
+struct SourceSlot {
+    sources: Sources,
+    key: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(sources: &Sources, ip: IpAddr) -> Option<SourceSlot> {
+        let key = source_key(ip);
+        let mut m = sources.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: sources.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
 
 /// One parsed request.
 #[derive(Debug, Clone)]
@@ -261,6 +314,7 @@ where
 {
     let handler = Arc::new(handler);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources: Sources = Arc::default();
     loop {
         let (mut s, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -271,15 +325,20 @@ where
                 continue;
             }
         };
+        // Over a cap: one non-blocking write of the answer (it fits any socket buffer), no
+        // task, no read; then close.
+        let Some(source) = SourceSlot::take(&sources, peer.ip()) else {
+            let r = Response::text(503, "too many connections from this address");
+            let _ = s.try_write(&r.serialize(false));
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Over the cap: one non-blocking write of the answer (it fits any socket buffer),
-            // no task, no read; then close.
             let _ = s.try_write(&Response::text(503, "too many connections").serialize(false));
             continue;
         };
         let handler = handler.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, source);
             let resp = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut s, peer)).await {
                 Err(_) => ReadError::Timeout.response(),
                 Ok(Err(e)) => e.response(),
@@ -313,6 +372,28 @@ mod tests {
 
     fn peer() -> SocketAddr {
         "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[test]
+    fn sources_are_hosts() {
+        let k = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:192.0.2.1"), k("192.0.2.1"));
+        assert_ne!(k("192.0.2.1"), k("192.0.2.2"));
+        let sources = Sources::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<_> = (0..MAX_CONNECTIONS_PER_SOURCE)
+            .map(|_| SourceSlot::take(&sources, ip).unwrap())
+            .collect();
+        assert!(SourceSlot::take(&sources, ip).is_none());
+        assert!(SourceSlot::take(&sources, "192.0.2.2".parse().unwrap()).is_some());
+        drop(held);
+        assert!(
+            sources.lock().unwrap().is_empty(),
+            "entries go with their last slot"
+        );
+        assert!(SourceSlot::take(&sources, ip).is_some());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! TLS for `turns:` (RFC 8656 §3.1, RFC 7443 ALPN "stun.turn"), with certificate hot reload:
-//! the certificate and key are re-read when either file changes on disk (checked every second)
-//! or on SIGHUP. New handshakes get the new pair; established connections keep theirs. A file
-//! that does not load (half-written, wrong key) is logged and the previous pair kept.
+//! the certificate and key are re-read when either file changes on disk (checked every second:
+//! modification and change time, inode, size) or on SIGHUP. New handshakes get the new pair;
+//! established connections keep theirs. A file that does not load (half-written, wrong key) is
+//! logged and the previous pair kept.
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -23,12 +24,32 @@ pub struct CertStore {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    /// Modification times of (cert, key) when last loaded.
-    loaded: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    /// [`Stamp`]s of (cert, key) when last loaded.
+    loaded: Mutex<(Option<Stamp>, Option<Stamp>)>,
 }
 
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+/// What says a file changed: its modification time alone misses a file replaced by one with a
+/// preserved time (`cp -p`, `rsync -t`, an unpacked archive); the change time, inode and size
+/// cannot be set back that way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    mtime: Option<SystemTime>,
+    ctime: (i64, i64),
+    dev: u64,
+    ino: u64,
+    len: u64,
+}
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some(Stamp {
+        mtime: m.modified().ok(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+    })
 }
 
 fn load_pair(
@@ -66,7 +87,7 @@ fn load_pair(
 impl CertStore {
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, String> {
         let provider = Arc::new(default_provider());
-        let (cm, km) = (mtime(cert_path), mtime(key_path));
+        let (cm, km) = (stamp(cert_path), stamp(key_path));
         let ck = load_pair(&provider, cert_path, key_path)?;
         Ok(Arc::new(CertStore {
             cert_path: cert_path.to_path_buf(),
@@ -79,17 +100,17 @@ impl CertStore {
 
     /// Re-read the pair now (SIGHUP). On error the current pair stays.
     pub fn reload(&self) -> Result<(), String> {
-        let (cm, km) = (mtime(&self.cert_path), mtime(&self.key_path));
+        let (cm, km) = (stamp(&self.cert_path), stamp(&self.key_path));
         let ck = load_pair(&self.provider, &self.cert_path, &self.key_path)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = (cm, km);
         Ok(())
     }
 
-    /// Reload if either file's modification time changed since the last load. `Ok(true)` when
+    /// Reload if either file changed ([`Stamp`]) since the last load. `Ok(true)` when
     /// a new pair is in use. A failed load is not retried until the files change again.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let now = (mtime(&self.cert_path), mtime(&self.key_path));
+        let now = (stamp(&self.cert_path), stamp(&self.key_path));
         {
             let mut last = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             if *last == now {

@@ -235,3 +235,47 @@ fn drain_survives_a_reload_and_alternate_server_reloads() {
     r.assert_err(method::ALLOCATE, 300);
     assert!(r.get(attr::ALTERNATE_SERVER).is_some());
 }
+
+#[test]
+fn kill_user_takes_the_rest_api_names_of_that_user() {
+    // A REST credential's name is `expiry:user`: revoking `alice` ends every one of them (and a
+    // static `alice`), not `bob`'s, nor a name that only ends in `alice`.
+    let mut h = Harness::new(EngineConfig {
+        auth_secrets: vec!["s3cret".into()],
+        ..cfg()
+    });
+    let rest = |port: u16, name: &str| {
+        Client::new(
+            udp(&format!("198.51.100.20:{port}")),
+            name,
+            &rest_password("s3cret", name),
+        )
+    };
+    let mut clients = [
+        rest(40000, &format!("{}:alice", UNIX0 + 3600)),
+        rest(40001, &format!("{}:alice", UNIX0 + 7200)),
+        rest(40002, &format!("{}:bob", UNIX0 + 3600)),
+        rest(40003, &format!("{}:xalice", UNIX0 + 3600)),
+        Client::new(udp("198.51.100.21:40000"), "alice", "alice-pw"),
+    ];
+    for c in clients.iter_mut() {
+        h.alloc_ok(c);
+    }
+    assert_eq!(h.engine.kill_user(h.now, "alice"), 3);
+    let mut left: Vec<String> = h
+        .engine
+        .sessions(h.now)
+        .into_iter()
+        .map(|s| s.user)
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            format!("{}:bob", UNIX0 + 3600),
+            format!("{}:xalice", UNIX0 + 3600)
+        ]
+    );
+    // The exact REST name still works too.
+    assert_eq!(h.engine.kill_user(h.now, &left[0]), 1);
+}
