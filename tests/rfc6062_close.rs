@@ -609,3 +609,37 @@ fn request_after_failed_connection_bind_is_answered() {
     let m = Message::parse(&binding).unwrap();
     assert_eq!((m.method, m.transaction_id()), (method::BINDING, tid));
 }
+
+/// A splice side paused for backpressure (its partner's send buffer is full) reads nothing, so
+/// only the event's error flag can tell it was reset: the pair closes then, without waiting for
+/// the partner to drain first (a client that never reads would hold both for good).
+#[test]
+fn reset_of_a_paused_side_closes_the_splice() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let srv = server(1);
+    let addr = srv.server().tcp_addrs()[0];
+    let (_control, data, mut peer, _l) = spliced_connect(addr);
+    // The client stops reading; the peer writes until nothing more is taken for 500 ms.
+    peer.set_nonblocking(true).unwrap();
+    let chunk = vec![0x66u8; 65536];
+    let (start, mut last_progress) = (Instant::now(), Instant::now());
+    while start.elapsed() < Duration::from_secs(10)
+        && last_progress.elapsed() < Duration::from_millis(500)
+    {
+        match peer.write(&chunk) {
+            Ok(_) => last_progress = Instant::now(),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("peer write: {e}"),
+        }
+    }
+    let before = fds();
+    socket2::SockRef::from(&peer)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(peer); // RST
+                // This process closed one descriptor (the peer's); the server closes both halves.
+    assert_eq!(fds_settle(before - 3), before - 3, "splice left open");
+    drop(data);
+}

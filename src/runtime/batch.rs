@@ -66,10 +66,19 @@ impl Batch {
         }
     }
 
-    /// The whole slot `i` (headroom included).
+    /// Every slot at once, with the source and length of each datagram: the slots are
+    /// disjoint borrows of one, so pointers into one slot stay valid while the next is written
+    /// (a `&mut` slot per datagram taken from the whole buffer would re-borrow all of it each
+    /// time).
     #[inline]
-    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.buf[i * SLOT..(i + 1) * SLOT]
+    pub fn slots_mut(
+        &mut self,
+    ) -> (
+        std::slice::ChunksExactMut<'_, u8>,
+        &[SocketAddr; BATCH],
+        &[usize; BATCH],
+    ) {
+        (self.buf.chunks_exact_mut(SLOT), &self.from, &self.len)
     }
 
     #[inline]

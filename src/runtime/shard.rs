@@ -414,6 +414,13 @@ impl Shard {
                     Token(t) if t >= RELAY_BASE => self.read_relay((t - RELAY_BASE) as u32, now),
                     Token(t) if t >= CONN_BASE => {
                         let ci = t - CONN_BASE;
+                        // RFC 6062 splice: a reset side closes the pair now. Read would say
+                        // so, but a side paused for backpressure reads nothing until its
+                        // partner drains, and this edge-triggered event does not come back.
+                        if ev.is_error() && self.spliced(ci) {
+                            self.close_conn(ci, now);
+                            continue;
+                        }
                         if ev.is_writable() {
                             self.write_conn(ci, now);
                         }
@@ -1041,6 +1048,10 @@ impl Shard {
         }
     }
 
+    fn spliced(&self, ci: usize) -> bool {
+        matches!(self.conns.get(ci), Some(Some(c)) if c.partner.is_some())
+    }
+
     fn close_conn(&mut self, ci: usize, now: Instant) {
         let Some(mut c) = self.conns.get_mut(ci).and_then(Option::take) else {
             return;
@@ -1101,9 +1112,9 @@ impl Shard {
             // TCP/TLS clients: the batch's messages are queued and written with one write per
             // connection (a relay socket serves one allocation, so usually one write per batch).
             let mut stream_ci: Option<usize> = None;
-            for i in 0..n {
-                let (peer, len) = (self.batch.from[i], self.batch.len[i]);
-                let slot = self.batch.slot_mut(i);
+            let (slots, from, lens) = self.batch.slots_mut();
+            for (i, slot) in slots.take(n).enumerate() {
+                let (peer, len) = (from[i], lens[i]);
                 let Some((tuple, range)) =
                     self.engine
                         .handle_peer(now, relay, peer, slot, PEER_HEADROOM, len)
