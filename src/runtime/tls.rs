@@ -1,5 +1,5 @@
 //! TLS for `turns:` (RFC 8656 §3.1, RFC 7443 ALPN "stun.turn"), with certificate hot reload:
-//! the certificate and key are re-read when either file changes on disk (checked every second:
+//! the certificate and key are re-read when either file changes on disk (checked every 250 ms:
 //! modification and change time, inode, size) or on SIGHUP. New handshakes get the new pair;
 //! established connections keep theirs. A file that does not load (half-written, wrong key) is
 //! logged and the previous pair kept.
