@@ -205,8 +205,19 @@ class Server:
         return f"{HOST}:{self.port}"
 
 
-def bench(srv, args, timeout=120, tls=False):
-    """ferroturn-bench against srv; returns (its JSON, server CPU seconds over the run)."""
+problems = []  # (server, scenario, what): printed under the tables; such a row is marked "!"
+
+
+def problem(srv, key, what):
+    problems.append((srv.name, key, what))
+    print(f"# WARNING {srv.name} {key}: {what}", file=sys.stderr, flush=True)
+
+
+def bench(srv, args, timeout=120, tls=False, key=None):
+    """ferroturn-bench against srv; returns (its JSON, server CPU seconds over the run).
+    With `key`, whatever makes the figure doubtful is recorded as a problem of that scenario:
+    an exit code other than 0, failed allocations or bindings, clients that never sent, the
+    client falling behind the offered rate, packets it could not send, more than 1 % loss."""
     addr = f"{HOST}:{srv.tls_port}" if tls else srv.addr
     extra = ["--transport", "tls", "--tls-ca", CA] if tls else []
     cmd = ["taskset", "-c", LCPU, BIN + "ferroturn-bench", "-s", addr, "-u", USER, "-w", PASS,
@@ -215,14 +226,30 @@ def bench(srv, args, timeout=120, tls=False):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     c1 = cpu_s(srv.p.pid)
     try:
-        return json.loads(r.stdout.strip().splitlines()[-1]), c1 - c0
+        j = json.loads(r.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         sys.exit(f"compare-coturn.sh: ferroturn-bench {' '.join(args)} against {srv.name} "
                  f"failed: {r.stderr.strip()[-500:]}")
+    if key is not None:
+        if r.returncode != 0:
+            problem(srv, key, f"ferroturn-bench exited {r.returncode}")
+        for field in ("allocations_failed", "bind_failed", "send_drops", "skipped"):
+            if j.get(field):
+                problem(srv, key, f"{field} = {j[field]}")
+        if j.get("interrupted"):
+            problem(srv, key, "interrupted")
+        if "--allocate-only" not in args:
+            if j.get("clients_sending", 0) < j.get("allocations_requested", 0):
+                problem(srv, key, f"only {j.get('clients_sending')} clients sending")
+            if not j.get("saturation") and j.get("sent_pps", 0) < 0.99 * j.get("offered_pps", 0):
+                problem(srv, key, f"client sent {j['sent_pps']}/s of {j['offered_pps']}/s offered")
+            if not j.get("saturation") and j.get("loss_pct", 0) > 1.0:
+                problem(srv, key, f"loss {j['loss_pct']} %")
+    return j, c1 - c0
 
 
-def relayed_per_cpu(srv, args, tls=False):
-    j, cpu = bench(srv, ["--warmup", "0", "--duration", str(DUR)] + args, tls=tls)
+def relayed_per_cpu(srv, key, args, tls=False):
+    j, cpu = bench(srv, ["--warmup", "0", "--duration", str(DUR)] + args, tls=tls, key=key)
     # Datagrams the server forwarded, counted where they arrived: echo, what the peer received
     # plus what came back; c2c, each delivered message crossed the server twice. (Counting
     # what clients sent would credit a server for datagrams it dropped.)
@@ -252,22 +279,28 @@ def uclient(srv):
             tot = 2 * int(kv["tot_recv_msgs"])
     if tot is None:
         sys.exit(f"compare-coturn.sh: turnutils_uclient against {srv.name} printed no totals")
+    if r.returncode != 0:
+        problem(srv, "uclient100", f"turnutils_uclient exited {r.returncode}")
     cpu = c1 - c0
     return {"value": tot / cpu if cpu > 0 else 0.0, "relayed": tot, "server_cpu_s": cpu}
 
 
 def saturation(srv):
-    cap = 6 if SMOKE else 45
+    # geometric steps x1.25 from 20 k, then 3 bisection steps (--refine) after the first loss
+    cap = 6 if SMOKE else 75
     j, cpu = bench(srv, ["-m", "20", "--c2c", "--saturate", "--rate", "20000", "--step-secs",
-                         "1" if SMOKE else "2", "--duration", str(cap)], timeout=cap + 60)
+                         "1" if SMOKE else "2", "--duration", str(cap)], timeout=cap + 60,
+                   key="sat")
     stop = j["saturation"]["stop"] or ""
-    # stopped by the time cap rather than by loss: the figure is a lower bound
+    # stopped by the time cap, or because the load client could not send the next step's
+    # rate, rather than by the server losing > 1 %: the figure is a lower bound
     return {"value": float(j["saturation"]["max_pass_pps"] or 0), "server_cpu_s": cpu,
-            "stop": stop, "capped": "--duration" in stop}
+            "stop": stop, "capped": "--duration" in stop or "client-bound" in stop}
 
 
 def allocs(srv):
-    j, cpu = bench(srv, ["--allocate-only", "-m", str(N_ALLOC), "--concurrency", "64"])
+    j, cpu = bench(srv, ["--allocate-only", "-m", str(N_ALLOC), "--concurrency", "64"],
+                   key="allocs")
     ok = j["allocations_ok"]
     # allocate + delete, per server CPU second: what the server could do with the client free
     return {"value": float(j["allocs_per_s"]), "per_server_cpu_s": ok / cpu if cpu > 0 else 0.0,
@@ -305,7 +338,7 @@ def rss(name):
 
 def p99(srv, rate):
     j, cpu = bench(srv, ["-m", "20", "--rate", str(int(rate)), "--warmup", "1", "--duration",
-                         str(DUR)])
+                         str(DUR)], key="p99")
     return {"value": float(j["latency_us"]["p99"]), "rate": int(rate), "loss_pct": j["loss_pct"]}
 
 
@@ -333,41 +366,64 @@ peer = spawn(["turnutils_peer", "-L", HOST, "-p", str(PEER_PORT)], LCPU, f"{OUT}
 try:
     t_start = time.time()
     sat_coturn = []
+    # The order alternates from run to run (host drift over a run is not one server's);
+    # p99 comes last, at one rate for all runs: half the median of coturn's saturation runs.
+    orders = [("coturn", "ferroturn") if run % 2 == 0 else ("ferroturn", "coturn")
+              for run in range(RUNS)]
+    meas = {}
     for run in range(RUNS):
-        for name in ("coturn", "ferroturn"):
+        for name in orders[run]:
             srv = Server(name).start()
             m = {}
             # warm-up, not counted: first-use costs (page faults, caches) of a fresh server
             bench(srv, ["-m", "20", "--rate", str(RATE), "--warmup", "0", "--duration", "1"])
-            m["chan100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE)])
+            m["chan100"] = relayed_per_cpu(srv, "chan100", ["-m", "20", "--rate", str(RATE)])
             for r in SWEEP:
-                m[f"chan100_{r // 1000}k"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(r)])
+                k = f"chan100_{r // 1000}k"
+                m[k] = relayed_per_cpu(srv, k, ["-m", "20", "--rate", str(r)])
             m["uclient100"] = uclient(srv)
-            m["chan1000"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "-l", "1000"])
-            m["send100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--mode", "send"])
-            m["tcp100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--transport", "tcp"])
-            m["tls100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE)], tls=True)
-            m["c2c100"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "--c2c"])
+            m["chan1000"] = relayed_per_cpu(srv, "chan1000",
+                                            ["-m", "20", "--rate", str(RATE), "-l", "1000"])
+            m["send100"] = relayed_per_cpu(srv, "send100",
+                                           ["-m", "20", "--rate", str(RATE), "--mode", "send"])
+            m["tcp100"] = relayed_per_cpu(srv, "tcp100", ["-m", "20", "--rate", str(RATE),
+                                                          "--transport", "tcp"])
+            m["tls100"] = relayed_per_cpu(srv, "tls100", ["-m", "20", "--rate", str(RATE)],
+                                          tls=True)
+            m["c2c100"] = relayed_per_cpu(srv, "c2c100",
+                                          ["-m", "20", "--rate", str(RATE), "--c2c"])
             # a video frame's packets leave a sender's pacer together: GSO territory
-            m["video"] = relayed_per_cpu(srv, ["-m", "20", "--rate", str(RATE), "-l", "1200",
-                                               "--burst", "8"])
+            m["video"] = relayed_per_cpu(srv, "video", ["-m", "20", "--rate", str(RATE), "-l",
+                                                        "1200", "--burst", "8"])
             m["sat"] = saturation(srv)
             if name == "coturn":
                 sat_coturn.append(m["sat"]["value"])
-            # (a saturation search whose first step already lost > 1 % reports 0: then the
-            # search's starting rate stands in, so the p99 run still happens)
-            rate = 0.5 * (statistics.median(sat_coturn) or 20000)
-            m["p99"] = p99(srv, rate)
             a = allocs(srv)
             m["allocs"] = a
             m["allocs_cpu"] = {"value": a["per_server_cpu_s"]}
             srv.stop()
             m["rss"] = rss(name)
-            for k, v in m.items():
-                results[k][name].append(v["value"])
-            raw.append({"run": run + 1, "server": name, "measurements": m})
+            meas[(run, name)] = m
             print(f"# run {run + 1}/{RUNS} {name}: " + ", ".join(
                 f"{k}={v['value']:.0f}" for k, v in m.items()), file=sys.stderr, flush=True)
+    # (a saturation search whose first step already lost > 1 % reports 0: then the search's
+    # starting rate stands in, so the p99 runs still happen)
+    p99_rate = 0.5 * (statistics.median(sat_coturn) or 20000)
+    for run in range(RUNS):
+        for name in orders[run]:
+            srv = Server(name).start()
+            bench(srv, ["-m", "20", "--rate", str(RATE), "--warmup", "0", "--duration", "1"])
+            meas[(run, name)]["p99"] = p99(srv, p99_rate)
+            srv.stop()
+            print(f"# run {run + 1}/{RUNS} {name}: p99={meas[(run, name)]['p99']['value']:.0f} us "
+                  f"at {p99_rate:.0f} pps", file=sys.stderr, flush=True)
+    for run in range(RUNS):
+        for name in ("coturn", "ferroturn"):
+            m = meas[(run, name)]
+            for k, v in m.items():
+                results[k][name].append(v["value"])
+            raw.append({"run": run + 1, "server": name, "first": orders[run][0],
+                        "measurements": m})
     elapsed = time.time() - t_start
 finally:
     cleanup()
@@ -380,7 +436,8 @@ for key, label, unit, better in SCEN:
     capped = {n: any(r["measurements"][key].get("capped") for r in raw if r["server"] == n)
               for n in ("coturn", "ferroturn")}
     rows.append({"scenario": key, "label": label, "unit": unit, "coturn": c, "ferroturn": f,
-                 "ratio": ratio, "runs": RUNS, "lower_bound": capped})
+                 "ratio": ratio, "runs": RUNS, "lower_bound": capped,
+                 "problems": [f"{n}: {w}" for n, k, w in problems if k == key]})
 
 cv = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "coturn"], capture_output=True,
                     text=True).stdout or "?"
@@ -394,7 +451,8 @@ for r in rows:
     lb = r["lower_bound"]
     c = (">= " if lb["coturn"] else "") + f"{r['coturn']:.0f}"
     f = (">= " if lb["ferroturn"] else "") + f"{r['ferroturn']:.0f}"
-    print(f"| {r['label']} | {r['unit']} | {c} | {f} | {r['ratio']:.2f} |")
+    flag = " !" if r["problems"] else ""
+    print(f"| {r['label']} | {r['unit']} | {c} | {f} | {r['ratio']:.2f}{flag} |")
 # The load sweep with what a single figure hides: loss, latency and how busy each server was
 sweep = [(RATE, "chan100")] + [(r, f"chan100_{r // 1000}k") for r in SWEEP]
 print("\nChannelData UDP 100 B echo by offered rate (medians; busy = server CPU / measured seconds):\n")
@@ -410,10 +468,16 @@ for rate, key in sorted(sweep):
     row = next(r for r in rows if r["scenario"] == key)
     print(f"| {rate} | {cells[0]} | {cells[1]} | {row['ratio']:.2f} |")
 print("\n(ratio: ferroturn / coturn; for RSS and p99 lower is better, so < 1 is better there;"
-      " >= : the saturation search hit its time cap before any loss)")
+      " >= : the saturation search hit its time cap or the load client's limit before the"
+      " server lost > 1 %; the order of the servers alternates from run to run)")
+if problems:
+    print("\n! doubtful figures (a run of the scenario had this; see the logs):")
+    for n, k, w in problems:
+        print(f"  - {k}, {n}: {w}")
 if os.environ.get("JSON_OUT"):
     with open(os.environ["JSON_OUT"], "w") as fh:
         json.dump({"runs": RUNS, "smoke": SMOKE, "coturn_version": cv,
-                   "ferroturn_args": FERRO_ARGS, "rows": rows, "raw": raw},
+                   "ferroturn_args": FERRO_ARGS, "p99_rate": p99_rate, "rows": rows,
+                   "raw": raw, "problems": problems},
                   fh, indent=1)
 PYEOF

@@ -296,3 +296,86 @@ fn bench_over_tls() {
     server.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--saturate`: the geometric search, then `--refine` bisection steps between the last pass
+/// and the first loss. The server's `--max-bps` makes the capacity known: 2 allocations x
+/// 50 000 B/s of 100 B datagrams each way = 1000 pps (plus a 1 s burst).
+#[test]
+fn saturation_search_bisects_after_the_first_loss() {
+    let (server, addr) = start_server(("63500", "63599"), &["--max-bps", "50000"]);
+    let t = Instant::now();
+    let out = Command::new(BENCH)
+        .args([
+            "--server",
+            &addr,
+            "--user",
+            "bench",
+            "--password",
+            "benchpass",
+        ])
+        .args([
+            "--allocations",
+            "2",
+            "-l",
+            "100",
+            "--saturate",
+            "--rate",
+            "500",
+        ])
+        .args([
+            "--step-factor",
+            "2",
+            "--step-secs",
+            "1.5",
+            "--step-retries",
+            "0",
+        ])
+        .args([
+            "--refine",
+            "3",
+            "--drain",
+            "0.3",
+            "--warmup",
+            "0",
+            "--duration",
+            "25",
+        ])
+        .args(["--json", "--quiet"])
+        .output()
+        .expect("run ferroturn-bench");
+    assert!(t.elapsed() < Duration::from_secs(30), "bench took too long");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let sat = &v["saturation"];
+    let steps: Vec<(f64, bool)> = sat["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["offered_pps"].as_f64().unwrap(),
+                s["pass"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    // 500 and 1000 pass, 2000 loses (the geometric part), then exactly three bisection steps.
+    assert_eq!(
+        &steps[..3],
+        &[(500.0, true), (1000.0, true), (2000.0, false)],
+        "{v}"
+    );
+    assert_eq!(steps.len(), 6, "{v}");
+    let (mut lo, mut hi) = (1000.0, 2000.0);
+    for &(rate, pass) in &steps[3..] {
+        assert!(rate > lo && rate < hi, "{rate} outside ({lo}, {hi}): {v}");
+        assert_eq!(rate, ((lo + hi) / 2.0_f64).round(), "halfway: {v}");
+        if pass {
+            lo = rate;
+        } else {
+            hi = rate;
+        }
+    }
+    assert_eq!(sat["max_pass_pps"].as_f64().unwrap(), lo, "{v}");
+    assert!((1000.0..2000.0).contains(&lo), "{v}");
+    server.shutdown();
+}

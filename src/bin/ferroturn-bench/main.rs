@@ -116,8 +116,9 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// Saturation search: raise the rate by --step-factor every --step-secs until a step
-    /// sends < 99 % of its offered rate or loses > 1 % (after --step-retries re-runs); report
-    /// the highest rate that passed.
+    /// sends < 99 % of its offered rate or loses > 1 % (after --step-retries re-runs), then
+    /// halve the gap between the last pass and the first loss --refine times; report the
+    /// highest rate that passed.
     #[arg(long)]
     saturate: bool,
     /// Length of one saturation step (each is followed by --drain).
@@ -129,6 +130,11 @@ struct Args {
     /// Run a failing saturation step again this many times before stopping (noisy hosts).
     #[arg(long, default_value_t = 1, value_name = "N")]
     step_retries: u32,
+    /// Bisection steps after the first step lost > 1 % (between it and the last pass), so the
+    /// result is not only a point on the --step-factor grid. A client-bound step ends the
+    /// search at once.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    refine: u32,
     /// Measurement time, seconds [default: 10]; with --saturate the cap on all steps [120].
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
@@ -928,6 +934,9 @@ fn run_data(
         let mut epoch = 1u32;
         let mut last_pass_epoch = 0u32;
         let mut retries_left = a.step_retries;
+        let mut refine_left = a.refine;
+        // The lowest rate that lost > 1 % (the bisection's upper end).
+        let mut lost_at: Option<f64> = None;
         let secs = a.step_secs;
         loop {
             if INTERRUPTED.load(Ordering::Relaxed) {
@@ -981,22 +990,42 @@ fn run_data(
                 continue;
             }
             if !pass {
-                stop_reason = if !kept_up {
-                    format!(
+                if !kept_up {
+                    stop_reason = format!(
                         "step {epoch} at {rate:.0}/s: the client sent only {:.0}/s \
                          (client-bound: more --threads or a free core)",
                         es.sent as f64 / secs
-                    )
-                } else {
-                    format!("step {epoch} at {rate:.0}/s: loss {loss:.2}% > 1%")
+                    );
+                    break;
+                }
+                lost_at = Some(lost_at.map_or(rate, |l: f64| l.min(rate)));
+                stop_reason = format!("step {epoch} at {rate:.0}/s: loss {loss:.2}% > 1%");
+                let Some(lo) = best.filter(|_| refine_left > 0) else {
+                    break;
                 };
-                break;
+                refine_left -= 1;
+                retries_left = a.step_retries;
+                epoch += 1;
+                rate = (lo + rate) / 2.0;
+                continue;
             }
             best = Some(rate);
             last_pass_epoch = epoch;
             retries_left = a.step_retries;
             epoch += 1;
-            rate *= a.step_factor;
+            match lost_at {
+                // Bisecting: halfway to the lowest rate that lost, while steps are left.
+                Some(hi) if refine_left > 0 => {
+                    refine_left -= 1;
+                    rate = (rate + hi) / 2.0;
+                }
+                Some(hi) => {
+                    stop_reason =
+                        format!("bisected to between {rate:.0}/s (pass) and {hi:.0}/s (loss > 1%)");
+                    break;
+                }
+                None => rate *= a.step_factor,
+            }
         }
         measured_epoch = if last_pass_epoch > 0 {
             last_pass_epoch

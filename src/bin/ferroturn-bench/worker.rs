@@ -9,6 +9,7 @@
 //! slack. Idle: blocks in epoll. `--spin`: never sleeps.
 use std::collections::BTreeMap;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -170,6 +171,9 @@ struct DataClient {
     c: Client,
     /// The whole frame to send (ChannelData header or Send indication + payload).
     tmpl: Vec<u8>,
+    /// Send indications to an IPv6 peer: where the address bytes XORed with the transaction
+    /// ID's first four bytes sit in `tmpl`.
+    xor_tid: Option<usize>,
     payload_off: usize,
     seq: u32,
     /// The stream broke: no more sending or polling.
@@ -180,6 +184,7 @@ impl DataClient {
     fn new(c: Client, cfg: &WorkerCfg) -> DataClient {
         let peer = c.peer.expect("peer set before the data phase");
         let payload = vec![0xa5u8; cfg.size];
+        let mut xor_tid = None;
         let (tmpl, payload_off) = match cfg.mode {
             Mode::Channel => {
                 let mut t = Vec::with_capacity(4 + cfg.size);
@@ -189,19 +194,15 @@ impl DataClient {
                 (t, 4)
             }
             Mode::Send => {
-                let mut t = Vec::with_capacity(64 + cfg.size);
-                let mut tid = [0u8; 12];
-                tid[4..8].copy_from_slice(&(c.idx as u32).to_be_bytes());
-                let mut w = Writer::new(&mut t, method::SEND, Class::Indication, &tid);
-                w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
-                let off = w.len() + 4;
-                w.attr(attr::DATA, &payload);
+                let (t, off, at) = send_template(c.idx, peer, &payload);
+                xor_tid = at;
                 (t, off)
             }
         };
         DataClient {
             c,
             tmpl,
+            xor_tid,
             payload_off,
             seq: 0,
             dead: false,
@@ -222,7 +223,37 @@ impl DataClient {
         );
         if self.payload_off > 4 {
             // Send indication: a different transaction id per indication.
-            self.tmpl[8..12].copy_from_slice(&self.seq.to_be_bytes());
+            set_send_tid(&mut self.tmpl, self.xor_tid, self.seq);
+        }
+    }
+}
+
+/// A Send indication to `peer` carrying `payload`: (message, payload offset, where an IPv6
+/// peer address's bytes XORed with the transaction ID's first four bytes sit).
+fn send_template(idx: usize, peer: SocketAddr, payload: &[u8]) -> (Vec<u8>, usize, Option<usize>) {
+    let mut t = Vec::with_capacity(64 + payload.len());
+    let mut tid = [0u8; 12];
+    tid[4..8].copy_from_slice(&(idx as u32).to_be_bytes());
+    let mut w = Writer::new(&mut t, method::SEND, Class::Indication, &tid);
+    // RFC 8489 §14.2: an IPv6 address is XORed with the cookie and the whole transaction ID;
+    // its bytes 4..8 with the ID's first four, which `set_send_tid` changes per indication
+    // (attribute header 4 B, then family and port 4 B).
+    let xor_tid = peer.is_ipv6().then(|| w.len() + 12);
+    w.xor_addr(attr::XOR_PEER_ADDRESS, peer);
+    let off = w.len() + 4;
+    w.attr(attr::DATA, payload);
+    (t, off, xor_tid)
+}
+
+/// A new transaction ID for the next Send indication (its first four bytes = `seq`), with an
+/// IPv6 XOR-PEER-ADDRESS re-XORed to match.
+fn set_send_tid(tmpl: &mut [u8], xor_tid: Option<usize>, seq: u32) {
+    let old: [u8; 4] = tmpl[8..12].try_into().unwrap_or_default();
+    let new = seq.to_be_bytes();
+    tmpl[8..12].copy_from_slice(&new);
+    if let Some(at) = xor_tid {
+        for i in 0..4 {
+            tmpl[at + i] ^= old[i] ^ new[i];
         }
     }
 }
@@ -758,6 +789,28 @@ impl Worker {
             }
             if c.txn.is_none() {
                 c.start_next(now, cfg.timeout);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_indications_keep_their_peer_address_as_the_id_changes() {
+        for peer in ["192.0.2.7:4000", "[2001:db8::7]:4000"] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            let (mut t, off, at) = send_template(3, peer, &[0xa5; 40]);
+            for seq in [1u32, 0xdead_beef, 2] {
+                set_send_tid(&mut t, at, seq);
+                let m = Message::parse(&t).unwrap();
+                assert_eq!(m.transaction_id()[..4], seq.to_be_bytes());
+                let v = m.get(attr::XOR_PEER_ADDRESS).unwrap();
+                let got = ferroturn::codec::stun::decode_xor_addr(v, &m.transaction_id());
+                assert_eq!(got, Some(peer), "seq {seq:#x}");
+                assert_eq!(&t[off..], &[0xa5; 40][..]);
             }
         }
     }
