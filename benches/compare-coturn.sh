@@ -217,7 +217,8 @@ def bench(srv, args, timeout=120, tls=False, key=None):
     """ferroturn-bench against srv; returns (its JSON, server CPU seconds over the run).
     With `key`, whatever makes the figure doubtful is recorded as a problem of that scenario:
     an exit code other than 0, failed allocations or bindings, clients that never sent, the
-    client falling behind the offered rate, packets it could not send, more than 1 % loss."""
+    client falling behind the offered rate, packets it could not send, payloads from the
+    wrong sender or received twice, more than 1 % loss."""
     addr = f"{HOST}:{srv.tls_port}" if tls else srv.addr
     extra = ["--transport", "tls", "--tls-ca", CA] if tls else []
     cmd = ["taskset", "-c", LCPU, BIN + "ferroturn-bench", "-s", addr, "-u", USER, "-w", PASS,
@@ -233,7 +234,8 @@ def bench(srv, args, timeout=120, tls=False, key=None):
     if key is not None:
         if r.returncode != 0:
             problem(srv, key, f"ferroturn-bench exited {r.returncode}")
-        for field in ("allocations_failed", "bind_failed", "send_drops", "skipped"):
+        for field in ("allocations_failed", "bind_failed", "send_drops", "skipped",
+                      "misdelivered"):
             if j.get(field):
                 problem(srv, key, f"{field} = {j[field]}")
         if j.get("interrupted"):

@@ -23,6 +23,8 @@ pub struct Client {
     pub mapped: Option<SocketAddr>,
     /// Where data goes: the echo peer, or the partner's relayed address (c2c).
     pub peer: Option<SocketAddr>,
+    /// c2c: the partner's `idx` (whose payloads arrive here).
+    pub partner_idx: Option<usize>,
     pub channel: u16,
     pub allocated: bool,
     pub lifetime: u32,
@@ -46,6 +48,7 @@ impl Client {
             relayed: None,
             mapped: None,
             peer: None,
+            partner_idx: None,
             channel: 0x4000 + (idx % 0x1000) as u16,
             allocated: false,
             lifetime: 0,

@@ -624,6 +624,7 @@ fn collect(shared: &[Arc<Mutex<WorkerStats>>]) -> WorkerStats {
         t.interval.merge(&g.interval);
         g.interval.clear();
         t.foreign += g.foreign;
+        t.misdelivered += g.misdelivered;
         t.refresh_ok += g.refresh_ok;
         for (k, v) in &g.refresh_failed {
             *t.refresh_failed.entry(k.clone()).or_default() += v;
@@ -777,8 +778,11 @@ fn run_data(
         }
         for p in 0..ok.len() / 2 {
             let (x, y) = (ok[2 * p].relayed, ok[2 * p + 1].relayed);
+            let (xi, yi) = (ok[2 * p].idx, ok[2 * p + 1].idx);
             ok[2 * p].peer = y;
             ok[2 * p + 1].peer = x;
+            ok[2 * p].partner_idx = Some(yi);
+            ok[2 * p + 1].partner_idx = Some(xi);
         }
     } else {
         for c in ok.iter_mut() {
@@ -1101,6 +1105,7 @@ fn run_data(
         "latency_kind": latency_kind,
         "latency_us": lat_json(&es.hist),
         "foreign": s.foreign,
+        "misdelivered": s.misdelivered,
         "refresh_ok": s.refresh_ok,
         "refresh_failed": s.refresh_failed,
         "errors": s.errors,

@@ -352,9 +352,9 @@ pub fn write_payload(p: &mut [u8], client: u32, epoch: u32, seq: u32, ts_ns: u64
 }
 
 pub struct PayloadHeader {
-    #[allow(dead_code)]
     pub client: u32,
     pub epoch: u32,
+    pub seq: u32,
     pub ts_ns: u64,
 }
 
@@ -369,6 +369,7 @@ pub fn read_payload(p: &[u8]) -> Option<PayloadHeader> {
     Some(PayloadHeader {
         client: u32_at(4),
         epoch: u32_at(8),
+        seq: u32_at(12),
         ts_ns: u64::from_le_bytes(ts),
     })
 }

@@ -110,6 +110,9 @@ pub struct WorkerStats {
     pub interval: Histogram,
     /// Frames that were neither ours nor control answers.
     pub foreign: u64,
+    /// Payloads from the wrong sender, or a sequence number already received (or more than
+    /// 64 behind the newest): a server that duplicates or misroutes is not credited for them.
+    pub misdelivered: u64,
     pub refresh_ok: u64,
     pub refresh_failed: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
@@ -140,6 +143,7 @@ impl WorkerStats {
         self.interval.merge(&o.interval);
         o.interval.clear();
         self.foreign += std::mem::take(&mut o.foreign);
+        self.misdelivered += std::mem::take(&mut o.misdelivered);
         self.refresh_ok += std::mem::take(&mut o.refresh_ok);
         for (k, v) in std::mem::take(&mut o.refresh_failed) {
             *self.refresh_failed.entry(k).or_default() += v;
@@ -178,10 +182,41 @@ struct DataClient {
     seq: u32,
     /// The stream broke: no more sending or polling.
     dead: bool,
+    /// Whose payloads come back to this client: its own (echo) or its partner's (c2c).
+    expect_from: u32,
+    rx: SeqWindow,
+}
+
+/// Sequence numbers received from one sender: the newest and a 64-wide window behind it.
+#[derive(Default)]
+struct SeqWindow {
+    newest: u32,
+    seen: u64,
+}
+
+impl SeqWindow {
+    /// Whether `seq` (from 1, +1 per packet) is new: not received before and at most 63
+    /// behind the newest.
+    fn fresh(&mut self, seq: u32) -> bool {
+        let ahead = seq.wrapping_sub(self.newest) as i32;
+        if ahead > 0 {
+            self.seen = if ahead >= 64 { 0 } else { self.seen << ahead };
+            self.seen |= 1;
+            self.newest = seq;
+            return true;
+        }
+        let behind = ahead.unsigned_abs();
+        if behind >= 64 || self.seen & (1 << behind) != 0 {
+            return false;
+        }
+        self.seen |= 1 << behind;
+        true
+    }
 }
 
 impl DataClient {
     fn new(c: Client, cfg: &WorkerCfg) -> DataClient {
+        let expect_from = c.partner_idx.unwrap_or(c.idx) as u32;
         let peer = c.peer.expect("peer set before the data phase");
         let payload = vec![0xa5u8; cfg.size];
         let mut xor_tid = None;
@@ -206,6 +241,8 @@ impl DataClient {
             payload_off,
             seq: 0,
             dead: false,
+            expect_from,
+            rx: SeqWindow::default(),
         }
     }
 
@@ -694,9 +731,14 @@ impl Worker {
     }
 
     #[inline]
-    fn on_payload(&mut self, p: &[u8], now_ns: u64) {
+    fn on_payload(&mut self, ci: usize, p: &[u8], now_ns: u64) {
         match read_payload(p) {
             Some(h) => {
+                let dc = &mut self.clients[ci];
+                if h.client != dc.expect_from || !dc.rx.fresh(h.seq) {
+                    self.local.misdelivered += 1;
+                    return;
+                }
                 let us = now_ns.saturating_sub(h.ts_ns).div_ceil(1000);
                 let es = self.local.epoch_mut(h.epoch);
                 es.delivered += 1;
@@ -714,7 +756,7 @@ impl Worker {
         match channel_data::classify(f[0]) {
             channel_data::Kind::ChannelData => {
                 match channel_data::parse(f, channel_data::MAX_CHANNEL_LEGACY) {
-                    Some((_, p)) => self.on_payload(p, now_ns),
+                    Some((_, p)) => self.on_payload(ci, p, now_ns),
                     None => self.local.foreign += 1,
                 }
             }
@@ -725,7 +767,7 @@ impl Worker {
                 };
                 if m.method == method::DATA && m.class == Class::Indication {
                     match m.get(attr::DATA) {
-                        Some(p) => self.on_payload(p, now_ns),
+                        Some(p) => self.on_payload(ci, p, now_ns),
                         None => self.local.foreign += 1,
                     }
                     return;
@@ -797,6 +839,24 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sequence_number_counts_once() {
+        let mut w = SeqWindow::default();
+        let got: Vec<bool> = [1, 2, 2, 4, 3, 3, 1, 70, 6, 7, 7, 71, 69]
+            .iter()
+            .map(|&s| w.fresh(s))
+            .collect();
+        // 6 is 64 behind 70: too late to tell from a duplicate, so not counted.
+        let want = [
+            true, true, false, true, true, false, false, true, false, true, false, true, true,
+        ];
+        assert_eq!(got, want);
+        // Across the wrap of u32.
+        let mut w = SeqWindow::default();
+        assert!(w.fresh(u32::MAX - 1) && w.fresh(u32::MAX) && w.fresh(0) && w.fresh(1));
+        assert!(!w.fresh(u32::MAX) && w.fresh(u32::MAX - 2));
+    }
 
     #[test]
     fn send_indications_keep_their_peer_address_as_the_id_changes() {
