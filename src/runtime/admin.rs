@@ -210,6 +210,18 @@ impl Ops {
         tls: &[SocketAddr],
         log_level: LogLevelSetter,
     ) -> Result<Ops, String> {
+        if let Some(a) = cfg.ops.prometheus.filter(|a| !a.ip().is_loopback()) {
+            // The metrics listener has no authentication: per-user series name the users.
+            if cfg.ops.username_labels {
+                warn!(
+                    event = "metrics_exposed",
+                    listen = %a,
+                    "prometheus-username-labels is on and the metrics listener is not on loopback: \
+                     anyone who can reach {a} can read the user names; firewall it or use a \
+                     loopback prometheus-address"
+                );
+            }
+        }
         let metrics = match cfg.ops.prometheus {
             Some(a) => Some(
                 http::bind(a)
