@@ -81,6 +81,7 @@ fn check_data(v: &Value, kind: &str) {
     assert!(v["delivered"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["loss_pct"].as_f64().unwrap(), 0.0, "{v}");
     assert_eq!(v["misdelivered"], 0, "{v}");
+    assert_eq!(v["client_rx_drops"], 0, "{v}");
     assert!(v["latency_us"]["p50"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["latency_kind"], kind, "{v}");
     assert_eq!(v["teardown"]["deleted"], v["allocations_ok"], "{v}");

@@ -236,6 +236,15 @@ impl Conn {
         }
     }
 
+    /// Datagrams the kernel dropped at this UDP socket over its life (receive buffer full):
+    /// loss that is the client's, not the server's. None for streams or when unknown.
+    pub fn udp_drops(&self) -> Option<u64> {
+        match self {
+            Conn::Udp(s) => socket_drops(s.as_raw_fd()),
+            Conn::Tcp(_) => None,
+        }
+    }
+
     pub fn is_stream(&self) -> bool {
         matches!(self, Conn::Tcp(_))
     }
@@ -456,9 +465,42 @@ fn tls_handshake(
     Ok(StreamOwned::new(conn, s))
 }
 
+/// `SO_MEMINFO`'s drop count of a socket (Linux >= 4.6).
+pub fn socket_drops(fd: RawFd) -> Option<u64> {
+    let mut m = [0u32; 16];
+    let mut len = std::mem::size_of_val(&m) as libc::socklen_t;
+    // SAFETY: `m` is writable for `len` bytes; the kernel writes at most that.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            m.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let i = libc::SK_MEMINFO_DROPS as usize;
+    (r == 0 && len as usize > i * 4).then(|| u64::from(m[i]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_receive_drops_are_counted() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&rx)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(Conn::Udp(rx.try_clone().unwrap()).udp_drops(), Some(0));
+        for _ in 0..200 {
+            tx.send_to(&[7u8; 200], rx.local_addr().unwrap()).unwrap();
+        }
+        let drops = Conn::Udp(rx).udp_drops().unwrap();
+        assert!(drops > 100, "{drops} of 200 unread datagrams dropped");
+    }
 
     #[test]
     fn stream_framing() {

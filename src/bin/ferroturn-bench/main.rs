@@ -995,11 +995,20 @@ fn run_data(
             }
             if !pass {
                 if !kept_up {
-                    stop_reason = format!(
-                        "step {epoch} at {rate:.0}/s: the client sent only {:.0}/s \
-                         (client-bound: more --threads or a free core)",
-                        es.sent as f64 / secs
-                    );
+                    stop_reason = match (lost_at, best) {
+                        // Bisecting: the server already lost above the last pass, so the
+                        // bracket stands; only its refinement ends early.
+                        (Some(hi), Some(lo)) => format!(
+                            "between {lo:.0}/s (pass) and {hi:.0}/s (loss > 1%); bisection \
+                             ended at {rate:.0}/s, where the client sent only {:.0}/s",
+                            es.sent as f64 / secs
+                        ),
+                        _ => format!(
+                            "step {epoch} at {rate:.0}/s: the client sent only {:.0}/s \
+                             (client-bound: more --threads or a free core)",
+                            es.sent as f64 / secs
+                        ),
+                    };
                     break;
                 }
                 lost_at = Some(lost_at.map_or(rate, |l: f64| l.min(rate)));
@@ -1048,6 +1057,8 @@ fn run_data(
             Err(_) => eprintln!("ferroturn-bench: a worker thread panicked"),
         }
     }
+    // Loss at the load client's own UDP sockets (whole run, warm-up included).
+    let client_rx_drops: u64 = back.iter().filter_map(|c| c.conn.udp_drops()).sum();
     let echoed = echo.map(|mut p| {
         p.stop();
         p.echoed.load(Ordering::Relaxed)
@@ -1073,7 +1084,7 @@ fn run_data(
     };
     let mbit = es.delivered as f64 * a.size as f64 * 8.0 / secs / 1e6;
     let latency_kind = if a.c2c { "one-way" } else { "rtt" };
-    let report = json!({
+    let mut report = json!({
         "mode": format!("{:?}", a.mode).to_lowercase(),
         "transport": format!("{:?}", a.transport).to_lowercase(),
         "c2c": a.c2c,
@@ -1116,6 +1127,10 @@ fn run_data(
         "teardown": td,
         "interrupted": INTERRUPTED.load(Ordering::Relaxed),
     });
+    // (outside the literal above: serde_json's macro would exceed the recursion limit)
+    report["client_rx_drops"] = json!(client_rx_drops);
+    // (outside the literal above: serde_json's macro would exceed the recursion limit)
+    report["client_rx_drops"] = json!(client_rx_drops);
     if a.json {
         println!("{report}");
     } else {
