@@ -254,6 +254,11 @@ def bench(srv, args, timeout=120, tls=False, key=None):
     return j, c1 - c0
 
 
+def warm_up(srv):
+    """1 s of ChannelData, not counted: first-use costs (page faults, caches) of a fresh server."""
+    bench(srv, ["-m", "20", "--rate", str(RATE), "--warmup", "0", "--duration", "1"])
+
+
 def relayed_per_cpu(srv, key, args, tls=False):
     j, cpu = bench(srv, ["--warmup", "0", "--duration", str(DUR)] + args, tls=tls, key=key)
     # Datagrams the server forwarded, counted where they arrived: echo, what the peer received
@@ -381,8 +386,7 @@ try:
         for name in orders[run]:
             srv = Server(name).start()
             m = {}
-            # warm-up, not counted: first-use costs (page faults, caches) of a fresh server
-            bench(srv, ["-m", "20", "--rate", str(RATE), "--warmup", "0", "--duration", "1"])
+            warm_up(srv)
             m["chan100"] = relayed_per_cpu(srv, "chan100", ["-m", "20", "--rate", str(RATE)])
             for r in SWEEP:
                 k = f"chan100_{r // 1000}k"
@@ -418,7 +422,7 @@ try:
     for run in range(RUNS):
         for name in orders[run]:
             srv = Server(name).start()
-            bench(srv, ["-m", "20", "--rate", str(RATE), "--warmup", "0", "--duration", "1"])
+            warm_up(srv)
             meas[(run, name)]["p99"] = p99(srv, p99_rate)
             srv.stop()
             print(f"# run {run + 1}/{RUNS} {name}: p99={meas[(run, name)]['p99']['value']:.0f} us "

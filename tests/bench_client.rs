@@ -60,13 +60,17 @@ fn start_server(ports: (&str, &str), extra: &[&str]) -> (Server, String) {
 }
 
 fn bench(args: &[&str]) -> (Value, std::process::Output) {
+    bench_within(args, Duration::from_secs(15))
+}
+
+fn bench_within(args: &[&str], limit: Duration) -> (Value, std::process::Output) {
     let t = Instant::now();
     let out = Command::new(BENCH)
         .args(args)
         .args(["--json", "--quiet"])
         .output()
         .expect("run ferroturn-bench");
-    assert!(t.elapsed() < Duration::from_secs(15), "bench took too long");
+    assert!(t.elapsed() < limit, "bench took too long");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(
@@ -305,17 +309,14 @@ fn bench_over_tls() {
 #[test]
 fn saturation_search_bisects_after_the_first_loss() {
     let (server, addr) = start_server(("63500", "63599"), &["--max-bps", "50000"]);
-    let t = Instant::now();
-    let out = Command::new(BENCH)
-        .args([
+    let (v, _) = bench_within(
+        &[
             "--server",
             &addr,
             "--user",
             "bench",
             "--password",
             "benchpass",
-        ])
-        .args([
             "--allocations",
             "2",
             "-l",
@@ -323,16 +324,12 @@ fn saturation_search_bisects_after_the_first_loss() {
             "--saturate",
             "--rate",
             "500",
-        ])
-        .args([
             "--step-factor",
             "2",
             "--step-secs",
             "1.5",
             "--step-retries",
             "0",
-        ])
-        .args([
             "--refine",
             "3",
             "--drain",
@@ -341,13 +338,9 @@ fn saturation_search_bisects_after_the_first_loss() {
             "0",
             "--duration",
             "25",
-        ])
-        .args(["--json", "--quiet"])
-        .output()
-        .expect("run ferroturn-bench");
-    assert!(t.elapsed() < Duration::from_secs(30), "bench took too long");
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        ],
+        Duration::from_secs(30),
+    );
     let sat = &v["saturation"];
     let steps: Vec<(f64, bool)> = sat["steps"]
         .as_array()

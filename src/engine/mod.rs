@@ -1086,14 +1086,7 @@ impl Engine {
             .map(u64::from_be_bytes);
         let token_v6 = token_id.and_then(|t| self.shared.reserved_v6(t, now));
         if token.is_some() && token_v6.is_none() {
-            return self.error(
-                now,
-                req,
-                Some(&auth),
-                508,
-                "invalid reservation token",
-                true,
-            );
+            return self.refuse_token(now, req, &auth);
         }
         let want_v6 = match family {
             None => token_v6.unwrap_or(false),
@@ -1179,14 +1172,7 @@ impl Engine {
                 // Valid above, redeemed by another shard's Allocate since.
                 None => {
                     self.shared.release_quota(&auth.username, client_ip);
-                    return self.error(
-                        now,
-                        req,
-                        Some(&auth),
-                        508,
-                        "invalid reservation token",
-                        true,
-                    );
+                    return self.refuse_token(now, req, &auth);
                 }
             }
         } else {
@@ -1454,12 +1440,14 @@ impl Engine {
         let lifetime = p.lifetime.as_secs() as u32;
         let token = p.reservation;
         let refused = p.refused;
+        // Not in the transaction cache: the allocation keeps these bytes for retransmissions
+        // (`created_answer`, checked first thing in `allocate`).
         self.respond(
             now,
             &p.req,
             Class::Success,
             Some((&p.auth.key, p.auth.kind)),
-            true,
+            false,
             |w| {
                 // §7.2: one XOR-RELAYED-ADDRESS per relayed address (IPv4 first).
                 for r in relays.iter().flatten() {
@@ -1482,6 +1470,11 @@ impl Engine {
         {
             a.created_answer = t.data.as_slice().into();
         }
+    }
+
+    /// §7.2: a RESERVATION-TOKEN that names no (or no longer a) reservation → 508.
+    fn refuse_token(&mut self, now: Instant, req: &Req, auth: &Authenticated) {
+        self.error(now, req, Some(auth), 508, "invalid reservation token", true);
     }
 
     /// RFC 8656 §8.2.
