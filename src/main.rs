@@ -8,7 +8,7 @@ use ferroturn::runtime::admin::{self, LogLevelSetter, Ops};
 use ferroturn::runtime::cli::{Cli, Command, ConvertArgs, CredentialsArgs, StunProbeArgs};
 use ferroturn::runtime::config;
 use ferroturn::runtime::logging::{self, LogHandle};
-use ferroturn::runtime::{notify, privdrop, Server};
+use ferroturn::runtime::{notify, privdrop, sockets, Server};
 
 /// Exit code for configuration and startup errors (bad config, port in use).
 const EXIT_CONFIG: u8 = 2;
@@ -36,6 +36,23 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Below this many descriptors an operator should hear about it at startup, not at the
+    // first 508 under load.
+    const LOW_NOFILE: u64 = 16384;
+    match sockets::raise_nofile_limit() {
+        Ok((from, to)) if to < LOW_NOFILE => warn!(
+            event = "fd_limit",
+            from,
+            to,
+            "open-file limit (RLIMIT_NOFILE) is {to}: each allocation and TCP/TLS connection \
+             takes a descriptor; raise LimitNOFILE (systemd) or ulimit -Hn"
+        ),
+        Ok((from, to)) => info!(
+            event = "fd_limit",
+            from, to, "open-file limit (RLIMIT_NOFILE) {to}"
+        ),
+        Err(e) => warn!(error = %e, "could not read or raise the open-file limit"),
+    }
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {

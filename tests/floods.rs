@@ -269,7 +269,7 @@ fn reflection_401s_are_bounded() {
     under_flood(&mut srv, "401 reflection", move |stop| {
         // Unauthenticated Allocates (what a reflector sends with a victim's address): the
         // answers are 401s with REALM and NONCE, bigger than the request, so only
-        // max-401-per-ip (200/s, 2 s burst, shared out between the shards) of them go out.
+        // max-401-per-ip (200/s with 2 s of burst, one budget for the whole server) of them go out.
         let (n, bytes, back, back_bytes, pps) =
             blast("127.0.0.5", 4, server, 20_000, &stop, |i, b| {
                 b.extend_from_slice(&request(method::ALLOCATE, None, i));
@@ -277,7 +277,7 @@ fn reflection_401s_are_bounded() {
         let secs = n as f64 / pps as f64;
         let factor = back_bytes as f64 / bytes as f64;
         assert!(factor < 0.5, "amplification {factor}");
-        // 200/s over the whole server (100 per shard) plus 2 s of burst, 10 % slack.
+        // 200/s plus 2 s of burst, whichever shards the datagrams reach; 10 % slack.
         let bound = ((200.0 * (secs + 2.0) + 4.0) * 1.1) as u64;
         assert!(
             back <= bound,

@@ -1,15 +1,16 @@
-//! Abuse limits of one shard's engine: request and challenge rate per source, failed
-//! authentication back-off per source and per user, and bandwidth token buckets.
+//! Abuse limits: request and challenge rate per source, failed authentication back-off per
+//! source and per user (one [`RateLimiter`] for the whole server, touched per STUN request), and
+//! bandwidth token buckets (per allocation and per shard, touched per relayed packet).
 //!
-//! Everything here is shard-local and sans-IO (time comes in as nanoseconds since the engine's
-//! base instant). The per-source tables are fixed-size and evicting ([`RateTable`]), so a flood
-//! from spoofed source addresses cannot grow them: it can only evict other entries, which at
-//! worst forgets a source's history (the limits fail open for that source, never closed for an
-//! innocent one).
+//! Everything here is sans-IO (time comes in as nanoseconds on a monotonic clock). The
+//! per-source tables are fixed-size and evicting ([`RateTable`]), so a flood from spoofed
+//! source addresses cannot grow them: it can only evict other entries, which at worst forgets a
+//! source's history (the limits fail open for that source, never closed for an innocent one).
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Operator limits (config keys in `turnserver.toml.example`, section "Abuse limits").
 /// 0 means unlimited for every count and rate.
@@ -31,11 +32,10 @@ pub struct Limits {
     /// This shard's share of the server's relayed bytes per second (`bps-capacity` divided by
     /// the number of shards), both directions together.
     pub shard_bps_capacity: u64,
-    /// STUN requests per second per source (IPv4 address or IPv6 /64); burst of 2 s. This
-    /// shard's share of `max-requests-per-ip` (divided by the number of shards).
+    /// STUN requests per second per source (IPv4 address or IPv6 /64), whole server; burst
+    /// of 2 s.
     pub requests_per_ip: u32,
-    /// 401/438 challenges per second per source (reflection guard); burst of 2 s. This
-    /// shard's share of `max-401-per-ip`.
+    /// 401/438 challenges per second per source (reflection guard), whole server; burst of 2 s.
     pub challenges_per_ip: u32,
     /// Failed authentications (per source and per user) before back-off starts.
     pub auth_failures_before_backoff: u32,
@@ -77,8 +77,9 @@ impl Default for Limits {
     }
 }
 
-/// Slots per rate table (two-way associative). 4096 sources × ~48 bytes ≈ 200 KiB per table.
-pub const TABLE_SLOTS: usize = 4096;
+/// Slots per rate table, all stripes together (two-way associative). 16 384 sources × 48-64
+/// bytes ≈ 0.8-1 MiB per table, four tables for the whole server.
+pub const TABLE_SLOTS: usize = 16384;
 const SEC: u64 = 1_000_000_000;
 /// Fixed-point shift of a bucket's nanoseconds-per-byte.
 const FP: u32 = 16;
@@ -249,20 +250,31 @@ pub enum Refusal {
     AuthBackoff,
 }
 
-/// Per-shard rate state.
-pub struct RateLimiter {
+/// Stripes of the per-source tables: a request locks one stripe, so shards answering requests
+/// at once rarely wait on each other.
+const STRIPES: usize = 16;
+
+struct Stripe {
     requests: RateTable<Gcra>,
     challenges: RateTable<Gcra>,
     fail_src: RateTable<Failures>,
     fail_user: RateTable<Failures>,
-    user_hasher: RandomState,
-    /// Refusal log lines: at most [`LOG_PER_SEC`] a second, the rest counted.
-    log_window: u64,
-    log_count: u32,
-    pub log_suppressed: u64,
 }
 
-const LOG_PER_SEC: u32 = 10;
+/// Per-source rate and back-off state, one for the whole server (in [`super::shared::Shared`]).
+/// A client's datagrams land on whichever shard its 5-tuple hashes to, and its other ports on
+/// others: per-shard tables would have to enforce a 1/N share (a client on one 5-tuple, or one
+/// TCP connection, would get 1/N of the configured rate) or let a source that spreads its
+/// ports get N times the rate and N times the password guesses. Touched once per STUN request
+/// (and per failed login), never per relayed packet.
+pub struct RateLimiter {
+    stripes: Box<[Mutex<Stripe>]>,
+    /// Chooses a key's stripe, and hashes user names into keys (random: no aimed collisions).
+    hasher: RandomState,
+    /// The clock origin of every shard's timestamps here (the first `now` seen).
+    base: OnceLock<Instant>,
+}
+
 /// A failure record older than this (and not blocking) is forgotten.
 const FAILURE_MEMORY: u64 = 600 * SEC;
 
@@ -273,42 +285,66 @@ impl Default for RateLimiter {
 }
 
 impl RateLimiter {
+    /// `slots` per table, in all stripes together.
     pub fn new(slots: usize) -> Self {
+        let per = slots.div_ceil(STRIPES);
         RateLimiter {
-            requests: RateTable::new(slots),
-            challenges: RateTable::new(slots),
-            fail_src: RateTable::new(slots),
-            fail_user: RateTable::new(slots),
-            user_hasher: RandomState::new(),
-            log_window: 0,
-            log_count: 0,
-            log_suppressed: 0,
+            stripes: (0..STRIPES)
+                .map(|_| {
+                    Mutex::new(Stripe {
+                        requests: RateTable::new(per),
+                        challenges: RateTable::new(per),
+                        fail_src: RateTable::new(per),
+                        fail_user: RateTable::new(per),
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+            base: OnceLock::new(),
         }
     }
 
-    fn rate(table: &mut RateTable<Gcra>, ip: IpAddr, per_sec: u32, now: u64) -> bool {
+    /// `now` as nanoseconds on the limiter's clock (shared by the shards, which all pass the
+    /// same monotonic clock).
+    pub fn ns(&self, now: Instant) -> u64 {
+        let base = *self.base.get_or_init(|| now);
+        now.saturating_duration_since(base).as_nanos() as u64
+    }
+
+    fn stripe(&self, key: SourceKey) -> MutexGuard<'_, Stripe> {
+        let i = (self.hasher.hash_one(key) % STRIPES as u64) as usize;
+        // A panic elsewhere while holding it leaves plain counters: carry on with them.
+        self.stripes[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn rate(&self, challenge: bool, ip: IpAddr, per_sec: u32, now: u64) -> bool {
         if per_sec == 0 {
             return true;
         }
         let interval = SEC / u64::from(per_sec);
-        table
-            .entry(source_key(ip), now)
-            .admit(now, interval, 2 * SEC)
+        let key = source_key(ip);
+        let mut s = self.stripe(key);
+        let table = if challenge {
+            &mut s.challenges
+        } else {
+            &mut s.requests
+        };
+        table.entry(key, now).admit(now, interval, 2 * SEC)
     }
 
     /// One STUN request from `ip`.
-    pub fn request(&mut self, l: &Limits, ip: IpAddr, now: u64) -> bool {
-        Self::rate(&mut self.requests, ip, l.requests_per_ip, now)
+    pub fn request(&self, l: &Limits, ip: IpAddr, now: u64) -> bool {
+        self.rate(false, ip, l.requests_per_ip, now)
     }
 
     /// One 401/438 challenge to `ip`.
-    pub fn challenge(&mut self, l: &Limits, ip: IpAddr, now: u64) -> bool {
-        Self::rate(&mut self.challenges, ip, l.challenges_per_ip, now)
+    pub fn challenge(&self, l: &Limits, ip: IpAddr, now: u64) -> bool {
+        self.rate(true, ip, l.challenges_per_ip, now)
     }
 
     fn user_key(&self, user: &[u8]) -> SourceKey {
         // Tag 2 keeps user keys apart from address keys (they live in their own table anyway).
-        (u128::from(self.user_hasher.hash_one(user)) << 2) | 2
+        (u128::from(self.hasher.hash_one(user)) << 2) | 2
     }
 
     /// Is an authentication attempt from `ip` as `user` in back-off? The source's own
@@ -316,8 +352,10 @@ impl RateLimiter {
     /// failed themselves (recently, and not succeeded since). So a guesser spread over many
     /// addresses gets one guess per address while the user is in back-off, and the user's own
     /// clients, which do not fail, cannot be locked out by it.
-    pub fn auth_blocked(&mut self, ip: IpAddr, user: Option<&[u8]>, now: u64) -> bool {
-        let src = self.fail_src.get(source_key(ip)).copied();
+    pub fn auth_blocked(&self, ip: IpAddr, user: Option<&[u8]>, now: u64) -> bool {
+        let key = source_key(ip);
+        // One stripe at a time (the user's may be the same one).
+        let src = self.stripe(key).fail_src.get(key).copied();
         if src.is_some_and(|f| f.blocked_until > now) {
             return true;
         }
@@ -326,7 +364,8 @@ impl RateLimiter {
         match user {
             Some(u) if failed_here => {
                 let k = self.user_key(u);
-                self.fail_user.get(k).is_some_and(|f| f.blocked_until > now)
+                let f = self.stripe(k).fail_user.get(k).copied();
+                f.is_some_and(|f| f.blocked_until > now)
             }
             _ => false,
         }
@@ -334,7 +373,7 @@ impl RateLimiter {
 
     /// A failed authentication: after `auth_failures_before_backoff` failures the source and
     /// the user are refused for 1 s, then 2 s, 4 s, ... up to `auth_backoff_max`.
-    pub fn auth_failed(&mut self, l: &Limits, ip: IpAddr, user: Option<&[u8]>, now: u64) {
+    pub fn auth_failed(&self, l: &Limits, ip: IpAddr, user: Option<&[u8]>, now: u64) {
         if l.auth_failures_before_backoff == 0 {
             return;
         }
@@ -355,47 +394,73 @@ impl RateLimiter {
                 f.blocked_until = now + f.backoff;
             }
         };
-        bump(self.fail_src.entry(source_key(ip), now));
+        let key = source_key(ip);
+        bump(self.stripe(key).fail_src.entry(key, now));
         if let Some(u) = user {
             let k = self.user_key(u);
-            bump(self.fail_user.entry(k, now));
+            bump(self.stripe(k).fail_user.entry(k, now));
         }
     }
 
     /// A successful authentication clears the source's record. The user's record stays:
     /// other sources may still be guessing.
-    pub fn auth_succeeded(&mut self, ip: IpAddr) {
-        if let Some(f) = self.fail_src.get(source_key(ip)) {
+    pub fn auth_succeeded(&self, ip: IpAddr) {
+        let key = source_key(ip);
+        if let Some(f) = self.stripe(key).fail_src.get(key) {
             *f = Failures::default();
-        }
-    }
-
-    /// May a refusal be logged now? At most [`LOG_PER_SEC`] lines a second; the rest are
-    /// counted in `log_suppressed` (a refusal flood must not become a log flood).
-    pub fn may_log(&mut self, now: u64) -> bool {
-        if now.saturating_sub(self.log_window) >= SEC {
-            self.log_window = now;
-            self.log_count = 0;
-        }
-        if self.log_count < LOG_PER_SEC {
-            self.log_count += 1;
-            true
-        } else {
-            self.log_suppressed += 1;
-            false
         }
     }
 
     /// Entries held, all tables (tests: bounded under a spoofed-source flood).
     pub fn entries(&self) -> usize {
-        self.requests.len() + self.challenges.len() + self.fail_src.len() + self.fail_user.len()
+        self.stripes
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.requests.len() + s.challenges.len() + s.fail_src.len() + s.fail_user.len()
+            })
+            .sum()
     }
 
     pub fn capacity(&self) -> usize {
-        self.requests.capacity()
-            + self.challenges.capacity()
-            + self.fail_src.capacity()
-            + self.fail_user.capacity()
+        self.stripes
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.requests.capacity()
+                    + s.challenges.capacity()
+                    + s.fail_src.capacity()
+                    + s.fail_user.capacity()
+            })
+            .sum()
+    }
+}
+
+/// Refusal log lines of one shard: at most [`LOG_PER_SEC`] a second, the rest counted (a
+/// refusal flood must not become a log flood).
+#[derive(Default)]
+pub struct RefusalLog {
+    window: u64,
+    count: u32,
+    pub suppressed: u64,
+}
+
+const LOG_PER_SEC: u32 = 10;
+
+impl RefusalLog {
+    /// May a refusal be logged at `now` (ns, any monotonic origin)?
+    pub fn may_log(&mut self, now: u64) -> bool {
+        if now.saturating_sub(self.window) >= SEC {
+            self.window = now;
+            self.count = 0;
+        }
+        if self.count < LOG_PER_SEC {
+            self.count += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
     }
 }
 
@@ -457,7 +522,7 @@ mod tests {
             auth_backoff_max: Duration::from_secs(4),
             ..Limits::default()
         };
-        let mut r = RateLimiter::new(64);
+        let r = RateLimiter::new(64);
         let ip: IpAddr = Ipv4Addr::new(192, 0, 2, 1).into();
         let mut t = SEC;
         for _ in 0..2 {

@@ -39,7 +39,7 @@ use crate::codec::stun::{
 };
 use allocation::{desired_lifetime, Allocation, Relay, V4, V6};
 use auth::{Auth, AuthError, Authenticated, Key};
-use limits::{ByteBucket, RateLimiter};
+use limits::{ByteBucket, RefusalLog};
 use shared::{QuotaError, Quotas, Shared};
 use txn_cache::TxnCache;
 
@@ -288,7 +288,7 @@ pub struct Engine {
     commands: VecDeque<RelayCommand>,
     base: (Instant, u64),
     rng: u64,
-    limiter: RateLimiter,
+    refusal_log: RefusalLog,
     /// This shard's share of `bps-capacity` (both directions).
     shard_bw: ByteBucket,
     pub stats: Stats,
@@ -337,7 +337,7 @@ impl Engine {
             commands: VecDeque::new(),
             base: (now, unix_now),
             rng: seed | 1,
-            limiter: RateLimiter::default(),
+            refusal_log: RefusalLog::default(),
             shard_bw,
             stats: Stats::default(),
             draining: false,
@@ -434,8 +434,8 @@ impl Engine {
     /// Rate-limited refusal logging: true if this refusal may be logged.
     fn may_log(&mut self, now: Instant) -> bool {
         let t = self.ns(now);
-        let ok = self.limiter.may_log(t);
-        self.stats.refusal_logs_suppressed = self.limiter.log_suppressed;
+        let ok = self.refusal_log.may_log(t);
+        self.stats.refusal_logs_suppressed = self.refusal_log.suppressed;
         ok
     }
 
@@ -648,9 +648,12 @@ impl Engine {
                 let (m, class) = decode_type(u16::from_be_bytes([data[0], data[1]]));
                 // The per-source request rate applies to these answers too: a flood of
                 // malformed requests from a spoofed source must not be reflected at any rate.
-                let t = self.ns(now);
+                let t = self.shared.limiter.ns(now);
                 if class == Class::Request
-                    && !self.limiter.request(&self.cfg.limits, tuple.client.ip(), t)
+                    && !self
+                        .shared
+                        .limiter
+                        .request(&self.cfg.limits, tuple.client.ip(), t)
                 {
                     self.stats.refused_rate_requests += 1;
                     return ClientAction::None;
@@ -678,8 +681,12 @@ impl Engine {
             Class::Request => {
                 // Per-source request rate: beyond it, drop silently (an answer is what a
                 // flood from a spoofed source wants; a real client retransmits, RFC 8489 §6.2.1).
-                let t = self.ns(now);
-                if !self.limiter.request(&self.cfg.limits, tuple.client.ip(), t) {
+                let t = self.shared.limiter.ns(now);
+                if !self
+                    .shared
+                    .limiter
+                    .request(&self.cfg.limits, tuple.client.ip(), t)
+                {
                     self.stats.refused_rate_requests += 1;
                     if self.may_log(now) {
                         debug!(event = "refused", reason = "request_rate", client = %tuple.client, "request rate limit");
@@ -828,8 +835,9 @@ impl Engine {
     fn challenge(&mut self, now: Instant, req: &Req, code: u16) {
         // Reflection guard: a 401/438 is several times the size of the request that provoked
         // it, and needs no credentials; beyond the per-source rate it is not sent.
-        let t = self.ns(now);
+        let t = self.shared.limiter.ns(now);
         if !self
+            .shared
             .limiter
             .challenge(&self.cfg.limits, req.tuple.client.ip(), t)
         {
@@ -856,11 +864,11 @@ impl Engine {
         // back-off is dropped silently. Not a 401: that would be an answer to every guess (and
         // a reflection); the client sees loss and retransmits (RFC 8489 §6.2.1), by which time
         // the back-off may be over.
-        let t = self.ns(now);
+        let t = self.shared.limiter.ns(now);
         let ip = req.tuple.client.ip();
         let user = msg.get(attr::USERNAME).or_else(|| msg.get(attr::USERHASH));
         let has_creds = user.is_some() || msg.has(attr::MESSAGE_INTEGRITY);
-        if has_creds && self.limiter.auth_blocked(ip, user, t) {
+        if has_creds && self.shared.limiter.auth_blocked(ip, user, t) {
             self.stats.refused_auth_backoff += 1;
             if self.may_log(now) {
                 info!(event = "refused", reason = "auth_backoff", client = %req.tuple.client, "failed-auth back-off");
@@ -872,7 +880,7 @@ impl Engine {
             .authenticate(msg, req.tuple.client, self.unix(now))
         {
             Ok(a) => {
-                self.limiter.auth_succeeded(ip);
+                self.shared.limiter.auth_succeeded(ip);
                 Some(a)
             }
             Err(AuthError::Challenge) => {
@@ -895,7 +903,9 @@ impl Engine {
             }
             Err(AuthError::Unauthorized(why)) => {
                 self.stats.auth_failures += 1;
-                self.limiter.auth_failed(&self.cfg.limits, ip, user, t);
+                self.shared
+                    .limiter
+                    .auth_failed(&self.cfg.limits, ip, user, t);
                 self.stats
                     .ops
                     .auth_failure(ops::AuthFailure::from_unauthorized(why));

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::limits::RateLimiter;
+
 /// RFC 8656 §7.2: a reserved port is held for about 30 seconds.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Bound on outstanding reservations (each holds one port).
@@ -23,6 +25,8 @@ pub struct Shared {
     /// Client TCP/TLS connections per source IP (a client's connections hash to any shard).
     tcp_per_ip: Mutex<HashMap<IpAddr, u32>>,
     pub nonce_key: [u8; 32],
+    /// Per-source request and 401 rates and failed-login back-off, server-wide.
+    pub limiter: RateLimiter,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -88,6 +92,7 @@ impl Shared {
             total: AtomicU32::new(0),
             tcp_per_ip: Mutex::new(HashMap::new()),
             nonce_key,
+            limiter: RateLimiter::default(),
         }
     }
 

@@ -394,7 +394,11 @@ struct Harness {
 impl Harness {
     fn new(cfg: EngineConfig) -> Self {
         let shared = Arc::new(Shared::new(cfg.min_port, cfg.max_port, [1; 32], 7));
-        let t0 = Instant::now();
+        Self::shard(cfg, shared, Instant::now())
+    }
+
+    /// Another shard of the same server: its own engine on `shared`, clock origin `t0`.
+    fn shard(cfg: EngineConfig, shared: Arc<Shared>, t0: Instant) -> Self {
         let engine = Engine::new(Arc::new(cfg), shared.clone(), t0, UNIX0, 1);
         Harness {
             engine,

@@ -264,7 +264,26 @@ struct Shard {
     /// whether a read budget ran out with data left (`backlog`: the next poll must not wait).
     stream_reads: u64,
     backlog: bool,
+    /// Listeners whose accept failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM),
+    /// with the time to try again: the connections stay in the kernel's queue, and an
+    /// edge-triggered listener raises no new event for them, so without a retry they would
+    /// wait for the next connection attempt (or forever).
+    accept_retry: Option<(Instant, Vec<AcceptSource>)>,
+    /// An accept is failing: its warning was logged once, until an accept succeeds again.
+    accept_failing: bool,
 }
+
+/// A listening socket whose accept is retried (see `Shard::accept_retry`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum AcceptSource {
+    /// Client TCP/TLS listener (index into `listeners`).
+    Client(usize),
+    /// RFC 6062 relayed-address listener of a TCP allocation.
+    Peer(u32),
+}
+
+/// How long an accept that ran out of resources waits before it tries again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// Start a shard thread on already-bound listener sockets.
 pub fn spawn(
@@ -327,6 +346,8 @@ pub fn spawn(
         coalesce,
         stream_reads: 0,
         backlog: false,
+        accept_retry: None,
+        accept_failing: false,
     };
     let thread = std::thread::Builder::new()
         .name(format!("ferroturn-shard-{index}"))
@@ -376,6 +397,9 @@ impl Shard {
                 deadline = deadline.min(t);
             }
             if let Some((t, _, _)) = self.deadlines.front() {
+                deadline = deadline.min(*t);
+            }
+            if let Some((t, _)) = &self.accept_retry {
                 deadline = deadline.min(*t);
             }
             let slept = dense && {
@@ -445,6 +469,16 @@ impl Shard {
                 self.flush(now);
             }
             self.expire_pending(now);
+            if self.accept_retry.as_ref().is_some_and(|(t, _)| *t <= now) {
+                if let Some((_, sources)) = self.accept_retry.take() {
+                    for src in sources {
+                        match src {
+                            AcceptSource::Client(li) => self.accept(li, now),
+                            AcceptSource::Peer(relay) => self.accept_peer(relay, now),
+                        }
+                    }
+                }
+            }
             if now >= next_publish {
                 self.publish();
                 next_publish = now + PUBLISH_EVERY;
@@ -701,13 +735,21 @@ impl Shard {
             let (mut sock, client) = match l.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // That one connection went away or a signal came: the rest of the queue is fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and retry on the next readiness.
-                    self.recv_errors += 1;
-                    warn!(error = %e, "accept failed");
+                    self.accept_failed(AcceptSource::Client(li), &e, now);
                     return;
                 }
             };
+            self.accept_failing = false;
             // Wildcard listener: the address the client connected to (getsockname).
             let server = if server.ip().is_unspecified() {
                 sock.local_addr().unwrap_or(*server)
@@ -772,6 +814,23 @@ impl Shard {
                 self.poll
                     .registry()
                     .reregister(l, Token(LISTENER_BASE + li), Interest::READABLE);
+        }
+    }
+
+    /// An accept failed for want of resources (EMFILE and the like): try `src` again in
+    /// [`ACCEPT_RETRY`]. Re-arming would report the listener again at once and spin; waiting
+    /// for the next event would strand the queued connections.
+    fn accept_failed(&mut self, src: AcceptSource, e: &io::Error, now: Instant) {
+        self.recv_errors += 1;
+        if !self.accept_failing {
+            self.accept_failing = true;
+            warn!(error = %e, "accept failed; retrying every 50 ms (raise LimitNOFILE / ulimit -n if it is EMFILE)");
+        }
+        let (_, sources) = self
+            .accept_retry
+            .get_or_insert_with(|| (now + ACCEPT_RETRY, Vec::new()));
+        if !sources.contains(&src) {
+            sources.push(src);
         }
     }
 
@@ -1331,13 +1390,12 @@ impl Shard {
                 {
                     continue
                 }
-                Err(_) => {
-                    // EMFILE and the like: re-arming would report the listener again at once
-                    // and spin; the next connection attempt raises a new event.
-                    self.recv_errors += 1;
+                Err(e) => {
+                    self.accept_failed(AcceptSource::Peer(relay), &e, now);
                     return;
                 }
             };
+            self.accept_failing = false;
             if let Some(id) = self.engine.on_peer_tcp_accepted(now, relay, peer) {
                 let sock = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
                 self.share_peer_stream(id, sock, peer);

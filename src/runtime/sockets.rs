@@ -6,6 +6,29 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::shard::SocketOptions;
 
+/// Raise the soft open-file limit (RLIMIT_NOFILE) to the hard one, as coturn does: every
+/// allocation holds a relay socket (two if dual) and every TCP/TLS client a connection, and a
+/// shell's soft limit is often 1024. Returns (before, after).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = r.rlim_cur;
+    if r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, r.rlim_cur))
+}
+
 fn new_udp(addr: SocketAddr) -> io::Result<Socket> {
     // Non-blocking from socket(2) on (SOCK_NONBLOCK) where available: two fcntl calls fewer
     // per relay socket, i.e. per allocation.

@@ -42,28 +42,58 @@ impl Ferroturn {
     /// Start `ferroturn ARGS -L 127.0.0.1 -p <free port>` and wait (at most 10 s) until it
     /// logs that it started (a line containing `ready_marker`). Retries a lost port race.
     pub fn start(args: &[&str], ready_marker: &str) -> Ferroturn {
-        Self::start_inner(args, &|out: &[String]| {
+        Self::start_inner(args, None, &|out: &[String]| {
             out.iter().any(|l| l.contains(ready_marker))
         })
     }
 
     /// [`Ferroturn::start`] with a readiness check of the caller's (e.g. a log file).
     pub fn start_with(args: &[&str], ready: impl Fn() -> bool) -> Ferroturn {
-        Self::start_inner(args, &|_: &[String]| ready())
+        Self::start_inner(args, None, &|_: &[String]| ready())
     }
 
-    fn start_inner(args: &[&str], ready: &dyn Fn(&[String]) -> bool) -> Ferroturn {
+    /// [`Ferroturn::start`] with the soft open-file limit set to `soft_nofile` in the child.
+    pub fn start_nofile(args: &[&str], ready_marker: &str, soft_nofile: u64) -> Ferroturn {
+        Self::start_inner(args, Some(soft_nofile), &|out: &[String]| {
+            out.iter().any(|l| l.contains(ready_marker))
+        })
+    }
+
+    fn start_inner(
+        args: &[&str],
+        soft_nofile: Option<u64>,
+        ready: &dyn Fn(&[String]) -> bool,
+    ) -> Ferroturn {
         for _ in 0..10 {
             let port = free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_ferroturn"))
-                .args(args)
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroturn"));
+            cmd.args(args)
                 .args(["-L", "127.0.0.1", "-p", &port.to_string()])
                 .env_remove("RUST_LOG")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn ferroturn");
+                .stderr(Stdio::piped());
+            if let Some(n) = soft_nofile {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: only getrlimit/setrlimit (async-signal-safe) between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let mut r = libc::rlimit {
+                            rlim_cur: 0,
+                            rlim_max: 0,
+                        };
+                        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        r.rlim_cur = n.min(r.rlim_max);
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            let mut child = cmd.spawn().expect("spawn ferroturn");
             let stdout = collect(child.stdout.take().expect("stdout"));
             let stderr = collect(child.stderr.take().expect("stderr"));
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -171,6 +171,61 @@ fn requests_per_source_are_rate_limited_silently() {
 }
 
 #[test]
+fn request_rate_and_backoff_hold_across_shards() {
+    // A source's ports hash to different shards. The budget is the server's: one 5-tuple on
+    // one shard gets the whole configured rate (not 1/N of it), and a source spread over two
+    // shards gets no more than it. Failed logins on one shard put the source in back-off on
+    // the other.
+    let cfg = with_limits(|l| {
+        l.requests_per_ip = 10;
+        l.auth_failures_before_backoff = 2;
+    });
+    let mut a = Harness::new(cfg.clone());
+    let mut b = Harness::shard(cfg, a.shared.clone(), a.t0);
+    let (ta, tb) = (udp("198.51.100.20:40000"), udp("198.51.100.20:40001"));
+    let answered = (0..30)
+        .filter(|_| !a.send(ta, &binding()).is_empty())
+        .count();
+    assert_eq!(answered, 21, "10/s and 2 s of burst, on one shard");
+    assert!(b.send(tb, &binding()).is_empty());
+    assert_eq!(b.engine.stats.refused_rate_requests, 1);
+    a.set_time(1);
+    b.set_time(1);
+    let mut answered = 0;
+    for i in 0..30 {
+        let (h, t) = if i % 2 == 0 {
+            (&mut a, ta)
+        } else {
+            (&mut b, tb)
+        };
+        answered += usize::from(!h.send(t, &binding()).is_empty());
+    }
+    assert_eq!(
+        answered, 10,
+        "a second later, 10 more between the two shards"
+    );
+
+    // Back-off: two wrong passwords on shard a; a correct one on shard b is then dropped.
+    a.set_time(10);
+    b.set_time(10);
+    let try_alloc = |h: &mut Harness, c: &mut Client| {
+        let (_, req) = c.build(method::ALLOCATE, &transport_udp);
+        h.send(c.tuple, &req)
+    };
+    let mut bad = Client::new(udp("198.51.100.30:40000"), "alice", "wrong");
+    a.login(&mut bad);
+    for _ in 0..2 {
+        try_alloc(&mut a, &mut bad)[0].assert_err(method::ALLOCATE, 401);
+    }
+    let mut good = Client::new(udp("198.51.100.30:40001"), "alice", "alice-pw");
+    b.login(&mut good);
+    assert!(try_alloc(&mut b, &mut good).is_empty(), "in back-off");
+    assert_eq!(b.engine.stats.refused_auth_backoff, 1);
+    b.set_time(12);
+    b.alloc_ok(&mut good);
+}
+
+#[test]
 fn malformed_requests_are_rate_limited_too() {
     // A 400 for a malformed request is an answer to an unauthenticated source like any other:
     // the per-source request rate bounds them (no reflection at any rate).
@@ -352,8 +407,8 @@ fn rate_tables_stay_bounded_under_spoofed_sources() {
         let (_, req) = c.build(method::ALLOCATE, &transport_udp);
         h.send(t, &req);
     }
-    let cap = h.engine.limiter.capacity();
-    assert!(h.engine.limiter.entries() <= cap);
+    let cap = h.shared.limiter.capacity();
+    assert!(h.shared.limiter.entries() <= cap);
     assert!(cap <= 5 * crate::engine::limits::TABLE_SLOTS);
     let mut a = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
     h.alloc_ok(&mut a);

@@ -182,16 +182,6 @@ pub(super) fn resolve(
     } else {
         (pending_tcp / relay_threads.max(1) as u32).max(1)
     };
-    // Per-source rates are kept per shard (no shared table per request); a source whose
-    // datagrams hash to several shards (several source ports) must not get N times the rate,
-    // so each shard enforces an equal share, rounded up.
-    let share = |r: u32| {
-        if r == 0 {
-            0
-        } else {
-            r.div_ceil(relay_threads.max(1) as u32).max(1)
-        }
-    };
     Ok(Abuse {
         limits: Limits {
             allocations_per_ip,
@@ -202,8 +192,8 @@ pub(super) fn resolve(
             max_bps,
             shard_bps_capacity,
             bps_capacity,
-            requests_per_ip: share(requests_per_ip),
-            challenges_per_ip: share(challenges_per_ip),
+            requests_per_ip,
+            challenges_per_ip,
             auth_failures_before_backoff,
             auth_backoff_max: Duration::from_secs(auth_backoff_max),
             tcp_connections_per_ip,
@@ -227,12 +217,19 @@ pub(super) fn summary(l: &Limits) -> String {
     };
     format!(
         "allocations per IP {}, per prefix {}; permissions {}, channels {}, peer connections {} \
-         per allocation; max-bps {}, bps-capacity {}; TCP per IP {}, pending {}, handshake {} s",
+         per allocation; requests/s per source {}, 401s/s per source {}, failed logins before \
+         back-off {}; max-bps {}, bps-capacity {}; TCP per IP {}, pending {}, handshake {} s",
         n(l.allocations_per_ip.into()),
         n(l.allocations_per_prefix.into()),
         l.max_permissions,
         l.max_channels,
         l.max_peer_connections,
+        n(l.requests_per_ip.into()),
+        n(l.challenges_per_ip.into()),
+        match l.auth_failures_before_backoff {
+            0 => "off".to_owned(),
+            f => f.to_string(),
+        },
         n(l.max_bps),
         n(l.bps_capacity),
         n(l.tcp_connections_per_ip.into()),
@@ -273,8 +270,9 @@ mod tests {
             (128, 64, 64)
         );
         assert_eq!((l.max_bps, l.bps_capacity, l.shard_bps_capacity), (0, 0, 0));
-        // Per-source rates and the pending cap are shared out between the 2 shards.
-        assert_eq!((l.requests_per_ip, l.challenges_per_ip), (250, 100));
+        // Per-source rates hold server-wide (one table shared by the shards); the pending
+        // cap is shared out between the 2 shards.
+        assert_eq!((l.requests_per_ip, l.challenges_per_ip), (500, 200));
         assert_eq!(
             (l.pending_tcp_connections, l.shard_pending_tcp),
             (1024, 512)
@@ -302,7 +300,7 @@ mod tests {
             (l.max_bps, l.bps_capacity, l.shard_bps_capacity),
             (1000, 1000001, 500000)
         );
-        assert_eq!((l.challenges_per_ip, l.requests_per_ip), (3, 0));
+        assert_eq!((l.challenges_per_ip, l.requests_per_ip), (5, 0));
         assert_eq!(l.tcp_handshake_timeout, Duration::from_secs(3));
         assert_eq!(l.auth_backoff_max, Duration::from_secs(5));
         assert_eq!(c.proc_user.as_deref(), Some("nobody"));

@@ -1,0 +1,170 @@
+//! File descriptors: the server raises its soft open-file limit to the hard one at start (a
+//! shell's 1024 would cap it near 1000 allocations), and a client TCP listener whose accept
+//! runs out of descriptors (EMFILE) tries again on its own: the connections left in the
+//! kernel's accept queue are taken as soon as descriptors are free again. The listener is
+//! edge-triggered, so without the retry they would wait for the next connection attempt, and
+//! with none coming, forever.
+#[path = "support/child.rs"]
+mod child;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use child::Ferroturn;
+use ferroturn::codec::stun::{method, Class, Message, Writer};
+
+/// Relay ports: block 42 (65200-65299, see tests/common); Binding does not use them.
+const ARGS: [&str; 10] = [
+    "--min-port",
+    "65200",
+    "--max-port",
+    "65299",
+    "-u",
+    "u:p",
+    "--relay-threads",
+    "1",
+    "--log-level",
+    "info",
+];
+
+/// The RLIMIT_NOFILE that leaves `pid` exactly `room` more descriptors: the limit bounds the
+/// descriptor numbers, and a new descriptor takes the lowest free one.
+fn limit_leaving(pid: i32, room: usize) -> u64 {
+    let used: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the server's fd table")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..)
+        .filter(|n| !used.contains(n))
+        .nth(room - 1)
+        .expect("a free descriptor number")
+        + 1
+}
+
+/// (soft, hard) RLIMIT_NOFILE of `pid`.
+fn nofile(pid: i32) -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child with a valid pointer to a local struct.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut r) };
+    assert_eq!(rc, 0, "prlimit get");
+    (r.rlim_cur, r.rlim_max)
+}
+
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let (_, hard) = nofile(std::process::id() as i32);
+    assert!(
+        hard > 256,
+        "this machine's hard open-file limit ({hard}) leaves nothing to raise"
+    );
+    let srv = Ferroturn::start_nofile(&ARGS, "started", 256);
+    assert_eq!(nofile(srv.pid()), (hard, hard));
+    let line = srv
+        .wait_line(Duration::from_secs(2), |l| l.contains("fd_limit"))
+        .expect("the fd_limit event");
+    assert!(
+        line.contains("from=256") && line.contains(&format!("to={hard}")),
+        "{line}"
+    );
+}
+
+/// Lower the soft RLIMIT_NOFILE of our own child `pid` to `n` (prlimit(2)).
+fn set_soft_nofile(pid: i32, n: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child with valid pointers to local structs.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit get");
+    let new = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit set");
+}
+
+fn binding(tid: u8) -> Vec<u8> {
+    let mut b = Vec::new();
+    Writer::new(&mut b, method::BINDING, Class::Request, &[tid; 12]);
+    b
+}
+
+/// Is the Binding request `tid`, sent before, answered on `s` within `wait`?
+fn answered(s: &mut TcpStream, tid: u8, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut head = [0u8; 20];
+    if s.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let mut msg = head.to_vec();
+    msg.resize(20 + len, 0);
+    s.read_exact(&mut msg[20..])
+        .expect("the rest of the answer");
+    let m = Message::parse(&msg).expect("a STUN message");
+    (m.method, m.class, m.transaction_id()) == (method::BINDING, Class::Success, [tid; 12])
+}
+
+#[test]
+fn queued_connections_are_accepted_once_descriptors_are_free() {
+    let srv = Ferroturn::start(&ARGS, "started");
+    let pid = srv.pid();
+    // Room for exactly `room` more descriptors: `room` accepted connections.
+    let room = 6;
+    set_soft_nofile(pid, limit_leaving(pid, room));
+
+    let mut held: Vec<TcpStream> = Vec::new();
+    for i in 0..room as u8 {
+        let mut s = TcpStream::connect(srv.addr).unwrap();
+        s.write_all(&binding(i)).unwrap();
+        assert!(
+            answered(&mut s, i, Duration::from_secs(5)),
+            "connection {i}"
+        );
+        held.push(s);
+    }
+    // The kernel completes these handshakes and queues them; accept fails with EMFILE.
+    let mut queued: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(srv.addr).unwrap())
+        .collect();
+    for (i, s) in queued.iter_mut().enumerate() {
+        s.write_all(&binding(100 + i as u8)).unwrap();
+    }
+    assert!(
+        !answered(&mut queued[0], 100, Duration::from_millis(500)),
+        "the server had no descriptor left for this connection"
+    );
+    assert!(
+        srv.wait_line(Duration::from_secs(2), |l| l.contains("accept failed"))
+            .is_some(),
+        "the failing accept is logged"
+    );
+
+    // Free descriptors: the server closes its side of three connections. No new connection
+    // attempt follows, so only the retry can take the queued ones.
+    let t = Instant::now();
+    held.truncate(room - 3);
+    for (i, s) in queued.iter_mut().enumerate() {
+        assert!(
+            answered(s, 100 + i as u8, Duration::from_secs(3)),
+            "queued connection {i} not accepted {:?} after descriptors were freed",
+            t.elapsed()
+        );
+    }
+    // One warning for the episode, not one per retry.
+    let warnings = srv
+        .stdout
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert_eq!(warnings, 1);
+}
