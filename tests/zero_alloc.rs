@@ -98,7 +98,7 @@ fn bandwidth_limited_relay_paths_do_not_allocate() {
     let mut s = setup();
     let mut cfg = s.engine.config().clone();
     cfg.limits.max_bps = 1 << 40;
-    cfg.limits.shard_bps_capacity = 1 << 40;
+    cfg.limits.bps_capacity = 1 << 40;
     s.engine.set_config(std::sync::Arc::new(cfg));
     assert_relay_paths_allocate_nothing(&mut s, "max-bps and bps-capacity on");
     assert_eq!(s.engine.stats.dropped_bandwidth_allocation, 0);

@@ -9,6 +9,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,6 @@ pub struct Limits {
     pub max_peer_connections: usize,
     /// Relayed payload bytes per second per allocation, each direction (coturn `max-bps`).
     pub max_bps: u64,
-    /// This shard's share of the server's relayed bytes per second (`bps-capacity` divided by
-    /// the number of shards), both directions together.
-    pub shard_bps_capacity: u64,
     /// STUN requests per second per source (IPv4 address or IPv6 /64), whole server; burst
     /// of 2 s.
     pub requests_per_ip: u32,
@@ -41,7 +39,8 @@ pub struct Limits {
     pub auth_failures_before_backoff: u32,
     /// Longest back-off; the first is 1 s and it doubles on each failure after that.
     pub auth_backoff_max: Duration,
-    /// `bps-capacity` as configured (summary); shards enforce `shard_bps_capacity`.
+    /// Relayed payload bytes per second, whole server, both directions together
+    /// (`bps-capacity`, enforced by [`ServerBandwidth`]).
     pub bps_capacity: u64,
     // Enforced by the runtime (shard.rs), kept here so they reload with the rest.
     /// Client TCP/TLS connections per source IP (closed at accept).
@@ -63,7 +62,6 @@ impl Default for Limits {
             max_channels: 64,
             max_peer_connections: 64,
             max_bps: 0,
-            shard_bps_capacity: 0,
             requests_per_ip: 500,
             challenges_per_ip: 200,
             auth_failures_before_backoff: 5,
@@ -135,6 +133,107 @@ impl ByteBucket {
         }
         let cost = (len as u64).saturating_mul(self.ns_per_byte) >> FP;
         self.g.admit(now, cost, SEC)
+    }
+}
+
+/// `bps-capacity`: one GCRA bucket (one second of burst) for the whole server. Shards draw
+/// credit from it in chunks of 1 ms of the rate (at most 64 KiB, [`ShardCredit`]), so the
+/// shared word is touched at most ~1000 times a second (more only above 64 MB/s), not per
+/// packet, and the cap holds server-wide whichever shards the traffic lands on (a per-shard
+/// 1/N split would throttle a busy shard while the others idle). The chunks make the burst
+/// approximate by at most 1 ms of the rate per shard either way: credit another shard holds
+/// unused counts against it, and a shard's last draw before the cap may carry a chunk past it.
+pub struct ServerBandwidth {
+    /// Theoretical arrival time, ns on `base`'s clock (own cache line: shards CAS it).
+    tat: CacheAligned<AtomicU64>,
+    /// Nanoseconds per byte << [`FP`]; 0 = unlimited. Set at start and on reload.
+    ns_per_byte: AtomicU64,
+    /// Bytes a shard draws at a time.
+    chunk: AtomicU64,
+    /// The clock origin (the first `now` seen; every shard passes the same monotonic clock).
+    base: OnceLock<Instant>,
+}
+
+#[repr(align(64))]
+struct CacheAligned<T>(T);
+
+/// Longest credit draw: 64 KiB (at 1 ms of the rate, reached from ~65 MB/s up).
+const MAX_CHUNK: u64 = 64 * 1024;
+
+impl Default for ServerBandwidth {
+    fn default() -> Self {
+        ServerBandwidth {
+            tat: CacheAligned(AtomicU64::new(0)),
+            ns_per_byte: AtomicU64::new(0),
+            chunk: AtomicU64::new(0),
+            base: OnceLock::new(),
+        }
+    }
+}
+
+impl ServerBandwidth {
+    /// `rate` bytes/s; 0 = unlimited.
+    pub fn set_rate(&self, rate: u64) {
+        let ns_per_byte = (SEC << FP).checked_div(rate).map_or(0, |n| n.max(1));
+        self.ns_per_byte.store(ns_per_byte, Ordering::Relaxed);
+        self.chunk
+            .store((rate / 1000).min(MAX_CHUNK), Ordering::Relaxed);
+    }
+
+    /// Reserve `bytes` at `now` for a shard that still holds `held` bytes of earlier credit;
+    /// false = over the rate (nothing reserved). The held bytes are part of the packet that
+    /// needs this draw, so they do not count against its admission: one shard alone gets
+    /// exactly the burst an undivided bucket would give.
+    fn reserve(&self, now: Instant, bytes: u64, held: u64) -> bool {
+        let npb = self.ns_per_byte.load(Ordering::Relaxed);
+        if npb == 0 {
+            return true;
+        }
+        let base = *self.base.get_or_init(|| now);
+        let t = now.saturating_duration_since(base).as_nanos() as u64;
+        let cost = bytes.saturating_mul(npb) >> FP;
+        let allowance = SEC.saturating_add(held.saturating_mul(npb) >> FP);
+        let mut tat = self.tat.0.load(Ordering::Relaxed);
+        loop {
+            // As `Gcra::admit`: the bucket may run at most one second ahead before this draw.
+            if tat.max(t) - t > allowance {
+                return false;
+            }
+            let next = tat.max(t).saturating_add(cost);
+            match self
+                .tat
+                .0
+                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now_tat) => tat = now_tat,
+            }
+        }
+    }
+}
+
+/// A shard's credit drawn from [`ServerBandwidth`]: bytes it may still relay.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardCredit {
+    bytes: u64,
+}
+
+impl ShardCredit {
+    /// Take `len` bytes; false = the server is over `bps-capacity` (drop the packet).
+    #[inline]
+    pub fn take(&mut self, server: &ServerBandwidth, now: Instant, len: usize) -> bool {
+        let len = len as u64;
+        if self.bytes >= len {
+            self.bytes -= len;
+            return true;
+        }
+        let chunk = server.chunk.load(Ordering::Relaxed);
+        if server.reserve(now, len - self.bytes + chunk, self.bytes) {
+            self.bytes = chunk;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -491,6 +590,46 @@ mod tests {
         let n = (0..100).filter(|_| b.take(t0 + SEC, 1000)).count();
         assert_eq!(n, 10);
         assert!(ByteBucket::new(0).take(t0, usize::MAX));
+    }
+
+    #[test]
+    fn server_bandwidth_is_one_bucket_for_all_shards() {
+        // 1 MB/s, one second of burst, 1000-byte chunks; four shards on four threads take
+        // 100-byte packets at one instant until refused: together they get the one second
+        // (give or take a chunk per shard: credit held, a last draw past the cap), not four.
+        let server = std::sync::Arc::new(ServerBandwidth::default());
+        server.set_rate(1_000_000);
+        let now = Instant::now();
+        let total: u64 = (0..4)
+            .map(|_| {
+                let server = server.clone();
+                std::thread::spawn(move || {
+                    let mut c = ShardCredit::default();
+                    let mut n = 0u64;
+                    while c.take(&server, now, 100) {
+                        n += 100;
+                    }
+                    // Refused once, refused for good at this instant.
+                    assert!(!c.take(&server, now, 100));
+                    n
+                })
+            })
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert!(
+            (1_000_000 - 4 * 1000..=1_000_000 + 4 * 1100).contains(&total),
+            "{total} bytes"
+        );
+        // Half a second later, half a second's worth more; unlimited after a reload to 0.
+        let later = now + Duration::from_millis(500);
+        let mut c = ShardCredit::default();
+        let mut n = 0u64;
+        while c.take(&server, later, 100) {
+            n += 100;
+        }
+        assert!((496_000..=505_000).contains(&n), "{n} bytes");
+        server.set_rate(0);
+        assert!(c.take(&server, later, usize::MAX));
     }
 
     #[test]

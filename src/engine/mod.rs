@@ -39,7 +39,7 @@ use crate::codec::stun::{
 };
 use allocation::{desired_lifetime, Allocation, Relay, V4, V6};
 use auth::{Auth, AuthError, Authenticated, Key};
-use limits::{ByteBucket, RefusalLog};
+use limits::{ByteBucket, RefusalLog, ServerBandwidth, ShardCredit};
 use shared::{QuotaError, Quotas, Shared};
 use txn_cache::TxnCache;
 
@@ -199,7 +199,7 @@ pub struct Stats {
     pub refused_auth_backoff: u64,
     /// Relayed packets dropped: allocation over `max-bps`.
     pub dropped_bandwidth_allocation: u64,
-    /// Relayed packets dropped: shard over its share of `bps-capacity`.
+    /// Relayed packets dropped: the server over `bps-capacity`.
     pub dropped_bandwidth_server: u64,
     /// Refusal log lines not written (at most 10 a second per shard).
     pub refusal_logs_suppressed: u64,
@@ -289,8 +289,8 @@ pub struct Engine {
     base: (Instant, u64),
     rng: u64,
     refusal_log: RefusalLog,
-    /// This shard's share of `bps-capacity` (both directions).
-    shard_bw: ByteBucket,
+    /// Credit this shard drew from the server's `bps-capacity` (`Shared::bandwidth`).
+    credit: ShardCredit,
     pub stats: Stats,
     /// Draining (SIGUSR1 / admin API): new Allocates get 300 or 508, the rest goes on.
     draining: bool,
@@ -317,7 +317,7 @@ impl Engine {
         seed: u64,
     ) -> Self {
         let auth = Auth::new(&cfg, shared.nonce_key);
-        let shard_bw = ByteBucket::new(cfg.limits.shard_bps_capacity);
+        shared.bandwidth.set_rate(cfg.limits.bps_capacity);
         Engine {
             cfg,
             auth,
@@ -338,7 +338,7 @@ impl Engine {
             base: (now, unix_now),
             rng: seed | 1,
             refusal_log: RefusalLog::default(),
-            shard_bw,
+            credit: ShardCredit::default(),
             stats: Stats::default(),
             draining: false,
         }
@@ -355,9 +355,8 @@ impl Engine {
                 a.bw = [ByteBucket::new(cfg.limits.max_bps); 2];
             }
         }
-        if cfg.limits.shard_bps_capacity != self.cfg.limits.shard_bps_capacity {
-            self.shard_bw = ByteBucket::new(cfg.limits.shard_bps_capacity);
-        }
+        // Every shard stores the same value.
+        self.shared.bandwidth.set_rate(cfg.limits.bps_capacity);
         self.cfg = cfg;
     }
 
@@ -502,9 +501,10 @@ impl Engine {
             return ClientAction::None;
         };
         let clock = (now, self.base.0);
+        let server = (self.cfg.limits.bps_capacity != 0).then_some(&self.shared.bandwidth);
         to_peer(
             &mut self.stats,
-            &mut self.shard_bw,
+            (&mut self.credit, server),
             clock,
             a,
             relay,
@@ -538,16 +538,17 @@ impl Engine {
             self.stats.dropped_no_permission += 1;
             return None;
         }
-        if !a.bw[DOWN].unlimited() || !self.shard_bw.unlimited() {
+        if !a.bw[DOWN].unlimited() {
             let t = now.saturating_duration_since(self.base.0).as_nanos() as u64;
             if !a.bw[DOWN].take(t, len) {
                 self.stats.dropped_bandwidth_allocation += 1;
                 return None;
             }
-            if !self.shard_bw.take(t, len) {
-                self.stats.dropped_bandwidth_server += 1;
-                return None;
-            }
+        }
+        if self.cfg.limits.bps_capacity != 0 && !self.credit.take(&self.shared.bandwidth, now, len)
+        {
+            self.stats.dropped_bandwidth_server += 1;
+            return None;
         }
         let range = match a.channel_for_peer(peer, now) {
             Some(ch) => channel_data::frame_in_place(
@@ -621,9 +622,10 @@ impl Engine {
             return ClientAction::None;
         }
         let clock = (now, self.base.0);
+        let server = (self.cfg.limits.bps_capacity != 0).then_some(&self.shared.bandwidth);
         to_peer(
             &mut self.stats,
-            &mut self.shard_bw,
+            (&mut self.credit, server),
             clock,
             a,
             relay,
@@ -1966,20 +1968,22 @@ const DOWN: usize = 1;
 #[inline(always)]
 fn to_peer<'a>(
     stats: &mut Stats,
-    shard_bw: &mut ByteBucket,
+    (credit, server): (&mut ShardCredit, Option<&ServerBandwidth>),
     clock: (Instant, Instant),
     a: &mut Allocation,
     relay: RelayId,
     peer: SocketAddr,
     payload: &'a [u8],
 ) -> ClientAction<'a> {
-    if !a.bw[UP].unlimited() || !shard_bw.unlimited() {
+    if !a.bw[UP].unlimited() {
         let t = clock.0.saturating_duration_since(clock.1).as_nanos() as u64;
         if !a.bw[UP].take(t, payload.len()) {
             stats.dropped_bandwidth_allocation += 1;
             return ClientAction::None;
         }
-        if !shard_bw.take(t, payload.len()) {
+    }
+    if let Some(server) = server {
+        if !credit.take(server, clock.0, payload.len()) {
             stats.dropped_bandwidth_server += 1;
             return ClientAction::None;
         }

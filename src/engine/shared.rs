@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::limits::RateLimiter;
+use super::limits::{RateLimiter, ServerBandwidth};
 
 /// RFC 8656 §7.2: a reserved port is held for about 30 seconds.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
@@ -27,6 +27,8 @@ pub struct Shared {
     pub nonce_key: [u8; 32],
     /// Per-source request and 401 rates and failed-login back-off, server-wide.
     pub limiter: RateLimiter,
+    /// `bps-capacity`, server-wide (shards draw credit from it in chunks).
+    pub bandwidth: ServerBandwidth,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -93,6 +95,7 @@ impl Shared {
             tcp_per_ip: Mutex::new(HashMap::new()),
             nonce_key,
             limiter: RateLimiter::default(),
+            bandwidth: ServerBandwidth::default(),
         }
     }
 

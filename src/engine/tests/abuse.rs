@@ -371,8 +371,8 @@ fn max_bps_drops_excess_each_direction() {
 }
 
 #[test]
-fn shard_capacity_is_shared_by_allocations() {
-    let mut h = Harness::new(with_limits(|l| l.shard_bps_capacity = 1000));
+fn server_capacity_is_shared_by_allocations() {
+    let mut h = Harness::new(with_limits(|l| l.bps_capacity = 1000));
     let mut a = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
     let mut b = Client::new(udp("198.51.100.21:40000"), "bob", "bob-pw");
     h.alloc_ok(&mut a);
@@ -391,6 +391,46 @@ fn shard_capacity_is_shared_by_allocations() {
     assert_eq!(passed, 11);
     assert_eq!(h.engine.stats.dropped_bandwidth_server, 29);
     assert_eq!(h.engine.stats.dropped_bandwidth_allocation, 0);
+}
+
+#[test]
+fn server_capacity_holds_across_shards() {
+    // bps-capacity is the server's: one shard alone may use all of it (not 1/N), and two
+    // shards together get no more than it. 1000 B/s, 1 s of burst, 100-byte payloads.
+    let cfg = with_limits(|l| l.bps_capacity = 1000);
+    let mut h1 = Harness::new(cfg.clone());
+    let mut h2 = Harness::shard(cfg, h1.shared.clone(), h1.t0);
+    let mut a = Client::new(udp("198.51.100.20:40000"), "alice", "alice-pw");
+    let mut b = Client::new(udp("198.51.100.21:40000"), "bob", "bob-pw");
+    h1.alloc_ok(&mut a);
+    h2.alloc_ok(&mut b);
+    h1.channel_bind(&mut a, 0x4000, p1())
+        .assert_ok(method::CHANNEL_BIND);
+    h2.channel_bind(&mut b, 0x4000, p1())
+        .assert_ok(method::CHANNEL_BIND);
+    let cd = channel_data(0x4000, &[1u8; 100], false);
+    let passed = (0..20)
+        .filter(|_| h1.client_datagram(a.tuple, &cd).is_some())
+        .count();
+    assert_eq!(passed, 11, "one shard alone: the whole second of burst");
+    assert!(h2.client_datagram(b.tuple, &cd).is_none(), "nothing left");
+    // Two seconds later: another second's worth, between both shards, in either direction.
+    h1.set_time(2);
+    h2.set_time(2);
+    let mut passed = 0;
+    for i in 0..40 {
+        let ok = if i % 2 == 0 {
+            h1.client_datagram(a.tuple, &cd).is_some()
+        } else {
+            h2.client_datagram(b.tuple, &cd).is_some()
+        };
+        passed += usize::from(ok);
+    }
+    assert!((10..=12).contains(&passed), "{passed} passed on two shards");
+    assert_eq!(
+        h1.engine.stats.dropped_bandwidth_server + h2.engine.stats.dropped_bandwidth_server,
+        (20 - 11) + 1 + (40 - passed as u64)
+    );
 }
 
 #[test]

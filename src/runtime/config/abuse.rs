@@ -170,12 +170,6 @@ pub(super) fn resolve(
     };
     let proc_user = name("proc-user", cli.proc_user.clone(), fc.proc_user.clone())?;
     let proc_group = name("proc-group", cli.proc_group.clone(), fc.proc_group.clone())?;
-    // Each shard enforces its slice of the server-wide bandwidth: no shared counter per packet.
-    let shard_bps_capacity = if bps_capacity == 0 {
-        0
-    } else {
-        (bps_capacity / relay_threads.max(1)).max(1)
-    };
     // The pending-connection cap is per shard too (accepts land on the shard's own listener).
     let shard_pending_tcp = if pending_tcp == 0 {
         0
@@ -190,7 +184,6 @@ pub(super) fn resolve(
             max_channels,
             max_peer_connections,
             max_bps,
-            shard_bps_capacity,
             bps_capacity,
             requests_per_ip,
             challenges_per_ip,
@@ -269,7 +262,7 @@ mod tests {
             (l.max_permissions, l.max_channels, l.max_peer_connections),
             (128, 64, 64)
         );
-        assert_eq!((l.max_bps, l.bps_capacity, l.shard_bps_capacity), (0, 0, 0));
+        assert_eq!((l.max_bps, l.bps_capacity), (0, 0));
         // Per-source rates hold server-wide (one table shared by the shards); the pending
         // cap is shared out between the 2 shards.
         assert_eq!((l.requests_per_ip, l.challenges_per_ip), (500, 200));
@@ -296,10 +289,7 @@ mod tests {
         .unwrap();
         let l = &c.engine.limits;
         assert_eq!(l.allocations_per_ip, 7, "the flag wins");
-        assert_eq!(
-            (l.max_bps, l.bps_capacity, l.shard_bps_capacity),
-            (1000, 1000001, 500000)
-        );
+        assert_eq!((l.max_bps, l.bps_capacity), (1000, 1000001));
         assert_eq!((l.challenges_per_ip, l.requests_per_ip), (5, 0));
         assert_eq!(l.tcp_handshake_timeout, Duration::from_secs(3));
         assert_eq!(l.auth_backoff_max, Duration::from_secs(5));
