@@ -3,7 +3,8 @@
 //! runs out of descriptors (EMFILE) tries again on its own: the connections left in the
 //! kernel's accept queue are taken as soon as descriptors are free again. The listener is
 //! edge-triggered, so without the retry they would wait for the next connection attempt, and
-//! with none coming, forever.
+//! with none coming, forever. And `max-pending-tcp-connections` holds for the whole server,
+//! whichever shards the connections land on.
 #[path = "support/child.rs"]
 mod child;
 
@@ -167,4 +168,63 @@ fn queued_connections_are_accepted_once_descriptors_are_free() {
         .filter(|l| l.contains("accept failed"))
         .count();
     assert_eq!(warnings, 1);
+}
+
+/// Of `streams`, how many the server has closed (read gives 0 or an error other than
+/// "would block").
+fn closed(streams: &[TcpStream]) -> usize {
+    streams
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 16];
+            // `Read` is implemented for `&TcpStream`.
+            match (&mut &**s).read(&mut b) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            }
+        })
+        .count()
+}
+
+#[test]
+fn the_pending_connection_cap_is_the_servers() {
+    // Two shards, max-pending-tcp-connections 30: each connection lands on a shard by its
+    // hash, and all 30 are held whatever the split (a per-shard share would hold 15 on each);
+    // the next ones are closed at accept.
+    let srv = Ferroturn::start(
+        &[
+            "--min-port",
+            "65200",
+            "--max-port",
+            "65299",
+            "-u",
+            "u:p",
+            "--relay-threads",
+            "2",
+            "--max-pending-tcp-connections",
+            "30",
+            "--tcp-handshake-timeout",
+            "60",
+        ],
+        "started",
+    );
+    let first: Vec<TcpStream> = (0..30)
+        .map(|_| TcpStream::connect(srv.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(closed(&first), 0, "the first 30 are held");
+    let more: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(srv.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(closed(&more), 10, "over the cap: closed at accept");
+    assert_eq!(closed(&first), 0);
+    // One gone, one more admitted.
+    drop(first);
+    std::thread::sleep(Duration::from_millis(500));
+    let again = TcpStream::connect(srv.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(closed(std::slice::from_ref(&again)), 0);
 }

@@ -340,7 +340,7 @@ fn slowloris_tcp() {
         // 300 connections from one address, each dribbling a STUN header one byte at a time:
         // 40 are admitted (max-tcp-connections-per-ip), the rest closed at accept; the
         // admitted ones never allocate and are closed after tcp-handshake-timeout (2 s).
-        // One address cannot fill the pending slots (50 per shard), so a TCP client elsewhere
+        // One address cannot fill the pending slots (100), so a TCP client elsewhere
         // is still served meanwhile.
         let mut streams = connect_many("127.0.0.6", server, 300);
         let connected = streams.len();

@@ -47,8 +47,6 @@ pub struct Limits {
     pub tcp_connections_per_ip: u32,
     /// Connections without an allocation yet, whole server (as configured).
     pub pending_tcp_connections: u32,
-    /// This shard's share of `pending_tcp_connections`.
-    pub shard_pending_tcp: u32,
     /// A TCP/TLS connection must complete its handshake and allocate within this time.
     pub tcp_handshake_timeout: Duration,
 }
@@ -69,7 +67,6 @@ impl Default for Limits {
             bps_capacity: 0,
             tcp_connections_per_ip: 256,
             pending_tcp_connections: 1024,
-            shard_pending_tcp: 1024,
             tcp_handshake_timeout: Duration::from_secs(10),
         }
     }

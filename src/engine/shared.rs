@@ -24,6 +24,9 @@ pub struct Shared {
     total: AtomicU32,
     /// Client TCP/TLS connections per source IP (a client's connections hash to any shard).
     tcp_per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Client TCP/TLS connections without an allocation yet, all shards
+    /// (`max-pending-tcp-connections`).
+    pending_tcp: AtomicU32,
     pub nonce_key: [u8; 32],
     /// Per-source request and 401 rates and failed-login back-off, server-wide.
     pub limiter: RateLimiter,
@@ -93,6 +96,7 @@ impl Shared {
             per_user: Mutex::new(Counts::default()),
             total: AtomicU32::new(0),
             tcp_per_ip: Mutex::new(HashMap::new()),
+            pending_tcp: AtomicU32::new(0),
             nonce_key,
             limiter: RateLimiter::default(),
             bandwidth: ServerBandwidth::default(),
@@ -200,6 +204,22 @@ impl Shared {
     pub fn tcp_closed(&self, ip: IpAddr) {
         let mut m = self.tcp_per_ip.lock().unwrap_or_else(|e| e.into_inner());
         dec(&mut m, &client_ip(ip));
+    }
+
+    /// Take a pending-connection slot: false if `max` (0 = unlimited) are taken. Give it back
+    /// with [`Shared::pending_done`] when the connection allocates or closes.
+    pub fn pending_take(&self, max: u32) -> bool {
+        self.pending_tcp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn pending_done(&self) {
+        let _ = self
+            .pending_tcp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Client TCP/TLS connections counted by [`Shared::tcp_open`], all sources.

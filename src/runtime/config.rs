@@ -1613,7 +1613,7 @@ fn resolve(cli: &Cli, fc: FileConfig, ctx: &Ctx) -> Result<Config, ConfigError> 
         (0, MAX_RELAY_COALESCE_US),
     )?;
 
-    let abuse = abuse::resolve(ctx, &cli.abuse, &abuse_file, relay_threads)?;
+    let abuse = abuse::resolve(ctx, &cli.abuse, &abuse_file)?;
     let (ops, alternate_servers) = resolve_ops(
         cli,
         ctx,

@@ -116,7 +116,7 @@ pub struct ShardStats {
 pub struct TcpLimitStats {
     /// Closed at accept: the source IP has `max-tcp-connections-per-ip`.
     pub refused_tcp_per_ip: u64,
-    /// Closed at accept: the shard has its share of `max-pending-tcp-connections`.
+    /// Closed at accept: the server has `max-pending-tcp-connections`.
     pub refused_tcp_pending: u64,
     /// Closed: no TLS handshake + allocation within `tcp-handshake-timeout`.
     pub closed_tcp_handshake_timeout: u64,
@@ -572,12 +572,14 @@ impl Shard {
         s.tcp = self.tcp.clone();
     }
 
-    /// Abuse limits at accept: per source IP (shared by the shards, touched once per
-    /// connection) and pending connections (this shard's share). False = close it.
+    /// Abuse limits at accept, both counted in the state the shards share (touched once per
+    /// connection): pending connections, whole server, and connections per source IP. True:
+    /// the connection holds one of each, given back by [`Shard::unadmit`] if it goes before
+    /// it is registered. False = close it.
     fn admit_conn(&mut self, client: SocketAddr) -> bool {
         let l = &self.engine.config().limits;
-        let (per_ip, pending_cap) = (l.tcp_connections_per_ip, l.shard_pending_tcp as usize);
-        if pending_cap != 0 && self.tcp.pending >= pending_cap {
+        let (per_ip, pending_cap) = (l.tcp_connections_per_ip, l.pending_tcp_connections);
+        if !self.engine.shared().pending_take(pending_cap) {
             self.tcp.refused_tcp_pending += 1;
             if self.tcp.refused_tcp_pending.is_power_of_two() {
                 info!(event = "refused", reason = "pending_tcp", client = %client, total = self.tcp.refused_tcp_pending, "too many pending TCP/TLS connections");
@@ -585,6 +587,7 @@ impl Shard {
             return false;
         }
         if !self.engine.shared().tcp_open(client.ip(), per_ip) {
+            self.engine.shared().pending_done();
             self.tcp.refused_tcp_per_ip += 1;
             if self.tcp.refused_tcp_per_ip.is_power_of_two() {
                 info!(event = "refused", reason = "tcp_per_ip", client = %client, total = self.tcp.refused_tcp_per_ip, "too many TCP/TLS connections from one IP");
@@ -594,6 +597,12 @@ impl Shard {
         true
     }
 
+    /// An admitted connection that could not be set up.
+    fn unadmit(&mut self, client: SocketAddr) {
+        self.engine.shared().tcp_closed(client.ip());
+        self.engine.shared().pending_done();
+    }
+
     /// A pending connection that has allocated (or became an RFC 6062 data connection) is
     /// pending no more.
     fn settle_pending(&mut self, ci: usize) {
@@ -601,6 +610,7 @@ impl Shard {
             if c.pending && (c.partner.is_some() || self.engine.has_allocation(&c.tuple)) {
                 c.pending = false;
                 self.tcp.pending -= 1;
+                self.engine.shared().pending_done();
             }
         }
     }
@@ -769,7 +779,7 @@ impl Shard {
                     }
                     Err(e) => {
                         warn!(error = %e, "TLS session setup failed");
-                        self.engine.shared().tcp_closed(client.ip());
+                        self.unadmit(client);
                         continue;
                     }
                 },
@@ -777,7 +787,7 @@ impl Shard {
             };
             let _ = sock.set_nodelay(true);
             let Some(ci) = self.register_conn(&mut sock) else {
-                self.engine.shared().tcp_closed(client.ip());
+                self.unadmit(client);
                 continue;
             };
             let tuple = FiveTuple {
@@ -1123,6 +1133,7 @@ impl Shard {
         }
         if c.pending {
             self.tcp.pending -= 1;
+            self.engine.shared().pending_done();
         }
         if let Some(po) = c.peer_of {
             self.spliced.remove(&po.conn_id);

@@ -57,12 +57,7 @@ impl From<&FileConfig> for AbuseFile {
     }
 }
 
-pub(super) fn resolve(
-    ctx: &Ctx,
-    cli: &AbuseArgs,
-    fc: &AbuseFile,
-    relay_threads: u64,
-) -> Result<Abuse, ConfigError> {
+pub(super) fn resolve(ctx: &Ctx, cli: &AbuseArgs, fc: &AbuseFile) -> Result<Abuse, ConfigError> {
     let d = Limits::default();
     let u32_range = (0, u64::from(u32::MAX));
     let n = |key: &str, c: Option<u64>, f: Option<i64>, def: u64, range| {
@@ -170,12 +165,6 @@ pub(super) fn resolve(
     };
     let proc_user = name("proc-user", cli.proc_user.clone(), fc.proc_user.clone())?;
     let proc_group = name("proc-group", cli.proc_group.clone(), fc.proc_group.clone())?;
-    // The pending-connection cap is per shard too (accepts land on the shard's own listener).
-    let shard_pending_tcp = if pending_tcp == 0 {
-        0
-    } else {
-        (pending_tcp / relay_threads.max(1) as u32).max(1)
-    };
     Ok(Abuse {
         limits: Limits {
             allocations_per_ip,
@@ -191,7 +180,6 @@ pub(super) fn resolve(
             auth_backoff_max: Duration::from_secs(auth_backoff_max),
             tcp_connections_per_ip,
             pending_tcp_connections: pending_tcp,
-            shard_pending_tcp,
             tcp_handshake_timeout: Duration::from_secs(tcp_handshake_timeout),
         },
         proc_user,
@@ -263,13 +251,9 @@ mod tests {
             (128, 64, 64)
         );
         assert_eq!((l.max_bps, l.bps_capacity), (0, 0));
-        // Per-source rates hold server-wide (one table shared by the shards); the pending
-        // cap is shared out between the 2 shards.
+        // Per-source rates and the pending cap hold server-wide (state the shards share).
         assert_eq!((l.requests_per_ip, l.challenges_per_ip), (500, 200));
-        assert_eq!(
-            (l.pending_tcp_connections, l.shard_pending_tcp),
-            (1024, 512)
-        );
+        assert_eq!(l.pending_tcp_connections, 1024);
         assert_eq!(l.tcp_handshake_timeout, Duration::from_secs(10));
         assert_eq!(
             (c.proc_user.as_deref(), c.proc_group.as_deref()),
