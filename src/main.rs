@@ -36,23 +36,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // Below this many descriptors an operator should hear about it at startup, not at the
-    // first 508 under load.
-    const LOW_NOFILE: u64 = 16384;
-    match sockets::raise_nofile_limit() {
-        Ok((from, to)) if to < LOW_NOFILE => warn!(
-            event = "fd_limit",
-            from,
-            to,
-            "open-file limit (RLIMIT_NOFILE) is {to}: each allocation and TCP/TLS connection \
-             takes a descriptor; raise LimitNOFILE (systemd) or ulimit -Hn"
-        ),
-        Ok((from, to)) => info!(
-            event = "fd_limit",
-            from, to, "open-file limit (RLIMIT_NOFILE) {to}"
-        ),
-        Err(e) => warn!(error = %e, "could not read or raise the open-file limit"),
-    }
+    // Before any socket is opened; logged after the start line.
+    let nofile = sockets::raise_nofile_limit();
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -70,6 +55,23 @@ fn main() -> ExitCode {
         "ferroturn {} started",
         env!("CARGO_PKG_VERSION")
     );
+    // Below this many descriptors an operator should hear about it at startup, not at the
+    // first 508 under load.
+    const LOW_NOFILE: u64 = 16384;
+    match nofile {
+        Ok((from, to)) if to < LOW_NOFILE => warn!(
+            event = "fd_limit",
+            from,
+            to,
+            "open-file limit (RLIMIT_NOFILE) is {to}: each allocation and TCP/TLS connection \
+             takes a descriptor; raise LimitNOFILE (systemd) or ulimit -Hn"
+        ),
+        Ok((from, to)) => info!(
+            event = "fd_limit",
+            from, to, "open-file limit (RLIMIT_NOFILE) {to}"
+        ),
+        Err(e) => warn!(error = %e, "could not read or raise the open-file limit"),
+    }
     // The admin API (PUT /api/v1/log-level) and SIGHUP change the same filter.
     let set_log_level: LogLevelSetter = {
         let h = log.clone();

@@ -133,8 +133,13 @@ fn json_log_lines_parse_and_carry_the_documented_fields() {
             .any(|f| f.get("user").and_then(Value::as_str) == Some("alice")),
         "the signed attempt names the user: {failures:?}"
     );
-    // Start and stop lines are there too, as JSON.
+    // Start and stop lines are there too, as JSON, and the open-file limit after the start.
     assert!(objects[0]["message"].as_str().unwrap().contains("started"));
+    let fd = find("fd_limit");
+    assert!(
+        fd.len() == 1 && fd[0]["to"].as_u64().is_some_and(|n| n > 0),
+        "{fd:?}"
+    );
     assert_eq!(objects.last().unwrap()["message"], "stopped");
 }
 
