@@ -96,6 +96,10 @@ pub struct Allocation {
     /// TCP allocations: peers with a connection (pending bind or spliced), for 446, with the
     /// CONNECTION-ID of each (closed with the allocation, RFC 6062 §5.5).
     pub tcp_peers: Vec<(SocketAddr, u32)>,
+    /// TCP allocations: Connects not answered yet (peer, CONNECTION-ID), so that checking a
+    /// Connect against 446 and the peer-connection cap looks at this allocation's own, not
+    /// at every pending Connect of the shard.
+    pub connecting: Vec<(SocketAddr, u32)>,
     /// `max-bps` buckets: client → peer, peer → client (coturn treats them separately).
     pub bw: [super::limits::ByteBucket; 2],
     /// Random id in logs (`session_start` / `session_end`) and the admin API.

@@ -1411,6 +1411,7 @@ impl Engine {
             dont_fragment: p.dont_fragment,
             armed: expires,
             tcp_peers: Vec::new(),
+            connecting: Vec::new(),
             bw: [ByteBucket::new(self.cfg.limits.max_bps); 2],
             session_id: self.next_rand(),
             created_by: p.req.tid,
@@ -1767,7 +1768,7 @@ impl Engine {
             self.close_relay(r);
         }
         if a.tcp {
-            self.close_tcp_connections(now, idx, &a);
+            self.close_tcp_connections(now, &a);
         }
         self.shared.release_quota(&a.username, a.tuple.client.ip());
         self.stats.allocations_deleted += 1;

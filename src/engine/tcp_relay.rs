@@ -61,13 +61,12 @@ impl Engine {
         else {
             return;
         };
-        let busy = self
-            .pending_connects
-            .values()
-            .any(|p| p.alloc == idx && p.peer == peer)
-            || self.allocs[idx as usize]
-                .as_ref()
-                .is_some_and(|a| a.tcp_peers.iter().any(|(p, _)| *p == peer));
+        let busy = self.allocs[idx as usize].as_ref().is_some_and(|a| {
+            a.connecting
+                .iter()
+                .chain(&a.tcp_peers)
+                .any(|(p, _)| *p == peer)
+        });
         if busy {
             return self.error(now, req, Some(&auth), 446, "", true);
         }
@@ -83,6 +82,9 @@ impl Engine {
             );
         }
         let conn_id = self.shared.next_connection_id();
+        if let Some(a) = self.allocs[idx as usize].as_mut() {
+            a.connecting.push((peer, conn_id));
+        }
         let deadline = now + CONNECTION_TIMEOUT;
         self.pending_connects.insert(
             conn_id,
@@ -105,15 +107,16 @@ impl Engine {
     /// Allocation `idx`'s peer connections, pending Connects included: each holds a socket,
     /// so together they are bounded by `max-peer-connections-per-allocation`.
     fn peer_connections(&self, idx: u32) -> usize {
-        let pending = self
-            .pending_connects
-            .values()
-            .filter(|p| p.alloc == idx)
-            .count();
-        let live = self.allocs[idx as usize]
+        self.allocs[idx as usize]
             .as_ref()
-            .map_or(0, |a| a.tcp_peers.len());
-        pending + live
+            .map_or(0, |a| a.connecting.len() + a.tcp_peers.len())
+    }
+
+    /// A pending Connect of allocation `idx` is answered or gone.
+    fn connect_settled(&mut self, idx: u32, conn_id: u32) {
+        if let Some(a) = self.allocs[idx as usize].as_mut() {
+            a.connecting.retain(|&(_, id)| id != conn_id);
+        }
     }
 
     /// The runtime's answer to [`RelayCommand::Connect`].
@@ -128,6 +131,7 @@ impl Engine {
             self.commands.push_back(RelayCommand::DropPeer { conn_id });
             return;
         };
+        self.connect_settled(p.alloc, conn_id);
         match result {
             Ok(()) => {
                 let Some(a) = self.allocs[p.alloc as usize].as_mut() else {
@@ -262,6 +266,7 @@ impl Engine {
             if let Some(p) = self.pending_connects.get(&id) {
                 if p.deadline <= now {
                     let p = self.pending_connects.remove(&id).expect("present");
+                    self.connect_settled(p.alloc, id);
                     let req = p.req;
                     self.error(now, &req, Some(&p.auth), 447, "", true);
                     self.commands
@@ -317,20 +322,14 @@ impl Engine {
     /// Connects still in their handshake get 447 (§5.2) and are abandoned; unbound connections
     /// leave the shared table, so a late ConnectionBind gets 400; the runtime closes every
     /// socket, both halves of each splice, on whichever shard holds it.
-    pub(super) fn close_tcp_connections(&mut self, now: Instant, idx: u32, a: &Allocation) {
+    pub(super) fn close_tcp_connections(&mut self, now: Instant, a: &Allocation) {
         let mut conn_ids: Vec<u32> = Vec::with_capacity(a.tcp_peers.len());
         for &(_, id) in &a.tcp_peers {
             self.tcp_conns.remove(&id);
             self.shared.forget_connection(id);
             conn_ids.push(id);
         }
-        let pending: Vec<u32> = self
-            .pending_connects
-            .iter()
-            .filter(|(_, p)| p.alloc == idx)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in pending {
+        for &(_, id) in &a.connecting {
             if let Some(p) = self.pending_connects.remove(&id) {
                 let req = p.req;
                 self.error(now, &req, Some(&p.auth), 447, "allocation deleted", true);
