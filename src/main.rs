@@ -70,7 +70,9 @@ fn main() -> ExitCode {
             event = "fd_limit",
             from, to, "open-file limit (RLIMIT_NOFILE) {to}"
         ),
-        Err(e) => warn!(error = %e, "could not read or raise the open-file limit"),
+        Err(e) => {
+            warn!(event = "fd_limit", error = %e, "could not read or raise the open-file limit")
+        }
     }
     // The admin API (PUT /api/v1/log-level) and SIGHUP change the same filter.
     let set_log_level: LogLevelSetter = {

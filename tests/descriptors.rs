@@ -7,12 +7,14 @@
 //! whichever shards the connections land on.
 #[path = "support/child.rs"]
 mod child;
+mod common;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use child::Ferroturn;
+use common::stream::StreamClient;
 use ferroturn::codec::stun::{method, Class, Message, Writer};
 
 /// Relay ports: block 42 (65200-65299, see tests/common); Binding does not use them.
@@ -170,29 +172,38 @@ fn queued_connections_are_accepted_once_descriptors_are_free() {
     assert_eq!(warnings, 1);
 }
 
-/// Of `streams`, how many the server has closed (read gives 0 or an error other than
-/// "would block").
-fn closed(streams: &[TcpStream]) -> usize {
-    streams
-        .iter()
-        .filter(|s| {
-            s.set_nonblocking(true).unwrap();
-            let mut b = [0u8; 16];
-            // `Read` is implemented for `&TcpStream`.
-            match (&mut &**s).read(&mut b) {
-                Ok(0) => true,
-                Ok(_) => false,
-                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-            }
-        })
-        .count()
+/// Has the server closed `s` (read gives 0 or an error), within `limit`?
+fn closed_within(s: &TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let end = Instant::now() + limit;
+    let mut b = [0u8; 64];
+    while Instant::now() < end {
+        // `Read` is implemented for `&TcpStream`.
+        match (&mut &*s).read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// A new connection that the server admits (its Binding is answered), or None if it is
+/// closed at accept.
+fn admitted(srv: &Ferroturn, tid: u8) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(&binding(tid)).unwrap();
+    answered(&mut s, tid, Duration::from_secs(5)).then_some(s)
 }
 
 #[test]
 fn the_pending_connection_cap_is_the_servers() {
     // Two shards, max-pending-tcp-connections 30: each connection lands on a shard by its
-    // hash, and all 30 are held whatever the split (a per-shard share would hold 15 on each);
-    // the next ones are closed at accept.
+    // hash, and all 30 are admitted whatever the split (a per-shard share would take 15 on
+    // each); the next is closed at accept. A slot comes back when its connection allocates
+    // and when it closes, one each.
+    let pass = format!("{}:{}", common::USER, common::PASS);
     let srv = Ferroturn::start(
         &[
             "--min-port",
@@ -200,7 +211,9 @@ fn the_pending_connection_cap_is_the_servers() {
             "--max-port",
             "65299",
             "-u",
-            "u:p",
+            &pass,
+            "-r",
+            common::REALM,
             "--relay-threads",
             "2",
             "--max-pending-tcp-connections",
@@ -210,21 +223,42 @@ fn the_pending_connection_cap_is_the_servers() {
         ],
         "started",
     );
-    let first: Vec<TcpStream> = (0..30)
-        .map(|_| TcpStream::connect(srv.addr).unwrap())
+    let mut held: Vec<TcpStream> = (0..30)
+        .map(|i| admitted(&srv, i).unwrap_or_else(|| panic!("connection {i} refused")))
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(closed(&first), 0, "the first 30 are held");
-    let more: Vec<TcpStream> = (0..10)
-        .map(|_| TcpStream::connect(srv.addr).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(closed(&more), 10, "over the cap: closed at accept");
-    assert_eq!(closed(&first), 0);
-    // One gone, one more admitted.
-    drop(first);
-    std::thread::sleep(Duration::from_millis(500));
-    let again = TcpStream::connect(srv.addr).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(closed(std::slice::from_ref(&again)), 0);
+    let over = TcpStream::connect(srv.addr).unwrap();
+    assert!(
+        closed_within(&over, Duration::from_secs(5)),
+        "31st admitted"
+    );
+
+    // An allocation settles its connection: one slot back, and only one.
+    let mut c = StreamClient::new(held.remove(0));
+    c.allocate();
+    let again = admitted(&srv, 100).expect("the allocated connection's slot is free");
+    let over = TcpStream::connect(srv.addr).unwrap();
+    assert!(
+        closed_within(&over, Duration::from_secs(5)),
+        "one slot, not two"
+    );
+
+    // A pending connection that closes gives its slot back (once the server has read the
+    // FIN: try until admitted).
+    drop(held.pop());
+    let end = Instant::now() + Duration::from_secs(5);
+    let after_close = loop {
+        if let Some(s) = admitted(&srv, 101) {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "the closed connection's slot never came back"
+        );
+    };
+    let over = TcpStream::connect(srv.addr).unwrap();
+    assert!(
+        closed_within(&over, Duration::from_secs(5)),
+        "one slot, not two"
+    );
+    drop((c, again, after_close, held));
 }

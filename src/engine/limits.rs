@@ -169,12 +169,16 @@ impl Default for ServerBandwidth {
 }
 
 impl ServerBandwidth {
-    /// `rate` bytes/s; 0 = unlimited.
+    /// `rate` bytes/s; 0 = unlimited. A changed rate starts from a fresh bucket (a debt run
+    /// up at a low rate must not hold traffic back after the rate is raised); every shard
+    /// sets the same rate, and only the first to change it resets.
     pub fn set_rate(&self, rate: u64) {
         let ns_per_byte = (SEC << FP).checked_div(rate).map_or(0, |n| n.max(1));
-        self.ns_per_byte.store(ns_per_byte, Ordering::Relaxed);
         self.chunk
             .store((rate / 1000).min(MAX_CHUNK), Ordering::Relaxed);
+        if self.ns_per_byte.swap(ns_per_byte, Ordering::Relaxed) != ns_per_byte {
+            self.tat.0.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Reserve `bytes` at `now` for a shard that still holds `held` bytes of earlier credit;
@@ -627,6 +631,23 @@ mod tests {
         assert!((496_000..=505_000).contains(&n), "{n} bytes");
         server.set_rate(0);
         assert!(c.take(&server, later, usize::MAX));
+    }
+
+    #[test]
+    fn a_new_server_rate_starts_a_fresh_bucket() {
+        // One 64 KiB packet at 1000 B/s leaves the bucket ~65 s in debt; a reload to the same
+        // rate keeps it, a new rate starts afresh.
+        let server = ServerBandwidth::default();
+        server.set_rate(1000);
+        let now = Instant::now();
+        let mut c = ShardCredit::default();
+        assert!(c.take(&server, now, 65536));
+        let later = now + Duration::from_secs(10);
+        assert!(!c.take(&server, later, 100));
+        server.set_rate(1000);
+        assert!(!c.take(&server, later, 100));
+        server.set_rate(1_000_000);
+        assert!(c.take(&server, later, 100));
     }
 
     #[test]

@@ -355,8 +355,11 @@ impl Engine {
                 a.bw = [ByteBucket::new(cfg.limits.max_bps); 2];
             }
         }
-        // Every shard stores the same value.
+        // Every shard stores the same value; credit drawn at the old rate is dropped.
         self.shared.bandwidth.set_rate(cfg.limits.bps_capacity);
+        if cfg.limits.bps_capacity != self.cfg.limits.bps_capacity {
+            self.credit = ShardCredit::default();
+        }
         self.cfg = cfg;
     }
 

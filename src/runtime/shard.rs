@@ -264,13 +264,14 @@ struct Shard {
     /// whether a read budget ran out with data left (`backlog`: the next poll must not wait).
     stream_reads: u64,
     backlog: bool,
-    /// Listeners whose accept failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM),
-    /// with the time to try again: the connections stay in the kernel's queue, and an
+    /// Listeners whose accept failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM;
+    /// see `accept_skippable`), with the time to try again: the connections stay in the kernel's queue, and an
     /// edge-triggered listener raises no new event for them, so without a retry they would
     /// wait for the next connection attempt (or forever).
     accept_retry: Option<(Instant, Vec<AcceptSource>)>,
-    /// An accept is failing: its warning was logged once, until an accept succeeds again.
-    accept_failing: bool,
+    /// When an accept failure was last logged: at most one warning per [`ACCEPT_WARN_EVERY`]
+    /// (every failure is counted in `recv_errors`).
+    accept_warned: Option<Instant>,
 }
 
 /// A listening socket whose accept is retried (see `Shard::accept_retry`).
@@ -284,6 +285,30 @@ enum AcceptSource {
 
 /// How long an accept that ran out of resources waits before it tries again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Did accept fail because of the one connection it took (skip it and go on: accept(2) lists
+/// ECONNABORTED and the network errors TCP passes on), or a signal? Anything else (EMFILE,
+/// ENFILE, ENOBUFS, ENOMEM, a security module's EPERM...) leaves the queue as it was: retry
+/// after [`ACCEPT_RETRY`] rather than spin on it.
+fn accept_skippable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+    ) || matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
 
 /// Start a shard thread on already-bound listener sockets.
 pub fn spawn(
@@ -347,7 +372,7 @@ pub fn spawn(
         stream_reads: 0,
         backlog: false,
         accept_retry: None,
-        accept_failing: false,
+        accept_warned: None,
     };
     let thread = std::thread::Builder::new()
         .name(format!("ferroturn-shard-{index}"))
@@ -745,21 +770,15 @@ impl Shard {
             let (mut sock, client) = match l.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // That one connection went away or a signal came: the rest of the queue is fine.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
+                Err(e) if accept_skippable(&e) => {
+                    self.recv_errors += 1;
+                    continue;
                 }
                 Err(e) => {
                     self.accept_failed(AcceptSource::Client(li), &e, now);
                     return;
                 }
             };
-            self.accept_failing = false;
             // Wildcard listener: the address the client connected to (getsockname).
             let server = if server.ip().is_unspecified() {
                 sock.local_addr().unwrap_or(*server)
@@ -827,13 +846,16 @@ impl Shard {
         }
     }
 
-    /// An accept failed for want of resources (EMFILE and the like): try `src` again in
+    /// An accept failed for want of resources (EMFILE and the like) or for a reason that
+    /// leaves the queue as it was: try `src` again in
     /// [`ACCEPT_RETRY`]. Re-arming would report the listener again at once and spin; waiting
     /// for the next event would strand the queued connections.
     fn accept_failed(&mut self, src: AcceptSource, e: &io::Error, now: Instant) {
         self.recv_errors += 1;
-        if !self.accept_failing {
-            self.accept_failing = true;
+        if self.accept_warned.map_or(true, |t| {
+            now.saturating_duration_since(t) >= ACCEPT_WARN_EVERY
+        }) {
+            self.accept_warned = Some(now);
             warn!(error = %e, "accept failed; retrying every 50 ms (raise LimitNOFILE / ulimit -n if it is EMFILE)");
         }
         let (_, sources) = self
@@ -1392,21 +1414,15 @@ impl Shard {
             let (s, peer) = match l.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // That one connection went away or a signal came: the rest of the queue is fine.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
+                Err(e) if accept_skippable(&e) => {
+                    self.recv_errors += 1;
+                    continue;
                 }
                 Err(e) => {
                     self.accept_failed(AcceptSource::Peer(relay), &e, now);
                     return;
                 }
             };
-            self.accept_failing = false;
             if let Some(id) = self.engine.on_peer_tcp_accepted(now, relay, peer) {
                 let sock = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
                 self.share_peer_stream(id, sock, peer);
