@@ -1,6 +1,7 @@
 //! Abuse limits: request and challenge rate per source, failed authentication back-off per
 //! source and per user (one [`RateLimiter`] for the whole server, touched per STUN request), and
-//! bandwidth token buckets (per allocation and per shard, touched per relayed packet).
+//! bandwidth token buckets: `max-bps` per allocation, touched per relayed packet, and
+//! `bps-capacity` for the whole server ([`ServerBandwidth`]), drawn by each shard in chunks.
 //!
 //! Everything here is sans-IO (time comes in as nanoseconds on a monotonic clock). The
 //! per-source tables are fixed-size and evicting ([`RateTable`]), so a flood from spoofed
