@@ -1,10 +1,11 @@
 //! File descriptors: the server raises its soft open-file limit to the hard one at start (a
 //! shell's 1024 would cap it near 1000 allocations), and a client TCP listener whose accept
 //! runs out of descriptors (EMFILE) tries again on its own: the connections left in the
-//! kernel's accept queue are taken as soon as descriptors are free again. The listener is
-//! edge-triggered, so without the retry they would wait for the next connection attempt, and
-//! with none coming, forever. And `max-pending-tcp-connections` holds for the whole server,
-//! whichever shards the connections land on.
+//! kernel's accept queue are taken as soon as descriptors are free again; so is a peer's
+//! connection to an RFC 6062 relayed address. The listeners are edge-triggered, so without
+//! the retry they would wait for the next connection attempt, and with none coming, forever.
+//! And `max-pending-tcp-connections` holds for the whole server, whichever shards the
+//! connections land on.
 #[path = "support/child.rs"]
 mod child;
 mod common;
@@ -261,4 +262,50 @@ fn the_pending_connection_cap_is_the_servers() {
         "one slot, not two"
     );
     drop((c, again, after_close, held));
+}
+
+#[test]
+fn queued_peer_connections_are_accepted_once_descriptors_are_free() {
+    // RFC 6062: a peer connecting to a TCP allocation's relayed address while the server has
+    // no descriptor left waits in that listener's queue; once one is free the retry takes it
+    // and the client gets its ConnectionAttempt (§5.3), with no new connection attempt.
+    let pass = format!("{}:{}", common::USER, common::PASS);
+    let srv = Ferroturn::start(
+        &[
+            "--min-port",
+            "65200",
+            "--max-port",
+            "65299",
+            "-u",
+            &pass,
+            "-r",
+            common::REALM,
+            "--relay-threads",
+            "1",
+            "--allow-loopback-peers",
+            "--log-level",
+            "info",
+        ],
+        "started",
+    );
+    let mut c = StreamClient::new(common::stream::tcp(srv.addr));
+    let relayed = c.allocate_tcp();
+    let peer_ip = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    c.create_permission(peer_ip);
+    // Room for two more descriptors, both taken by client connections.
+    set_soft_nofile(srv.pid(), limit_leaving(srv.pid(), 2));
+    let mut filler: Vec<TcpStream> = (0..2)
+        .map(|i| admitted(&srv, 50 + i).expect("room for two connections"))
+        .collect();
+    let peer = TcpStream::connect(relayed).expect("the kernel queues the peer's connection");
+    assert!(
+        srv.wait_line(Duration::from_secs(2), |l| l.contains("accept failed"))
+            .is_some(),
+        "the peer listener's accept fails"
+    );
+    filler.pop();
+    // Panics after 5 s without it ("read from server").
+    let id = c.connection_attempt();
+    assert_ne!(id, 0);
+    drop((peer, filler));
 }
