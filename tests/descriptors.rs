@@ -78,18 +78,11 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
 
 /// Lower the soft RLIMIT_NOFILE of our own child `pid` to `n` (prlimit(2)).
 fn set_soft_nofile(pid: i32, n: u64) {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit on our own child with valid pointers to local structs.
-    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(rc, 0, "prlimit get");
     let new = libc::rlimit {
         rlim_cur: n,
-        rlim_max: old.rlim_max,
+        rlim_max: nofile(pid).1,
     };
-    // SAFETY: as above.
+    // SAFETY: prlimit on our own child with a valid pointer to a local struct.
     let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit set");
 }
@@ -198,32 +191,38 @@ fn admitted(srv: &Ferroturn, tid: u8) -> Option<TcpStream> {
     answered(&mut s, tid, Duration::from_secs(5)).then_some(s)
 }
 
+/// The server with the TURN user of `tests/common` (for `StreamClient`), relay ports of
+/// block 42, and `extra`.
+fn start_with_user(extra: &[&str]) -> Ferroturn {
+    let pass = format!("{}:{}", common::USER, common::PASS);
+    let mut args = vec![
+        "--min-port",
+        "65200",
+        "--max-port",
+        "65299",
+        "-u",
+        &pass,
+        "-r",
+        common::REALM,
+    ];
+    args.extend_from_slice(extra);
+    Ferroturn::start(&args, "started")
+}
+
 #[test]
 fn the_pending_connection_cap_is_the_servers() {
     // Two shards, max-pending-tcp-connections 30: each connection lands on a shard by its
     // hash, and all 30 are admitted whatever the split (a per-shard share would take 15 on
     // each); the next is closed at accept. A slot comes back when its connection allocates
     // and when it closes, one each.
-    let pass = format!("{}:{}", common::USER, common::PASS);
-    let srv = Ferroturn::start(
-        &[
-            "--min-port",
-            "65200",
-            "--max-port",
-            "65299",
-            "-u",
-            &pass,
-            "-r",
-            common::REALM,
-            "--relay-threads",
-            "2",
-            "--max-pending-tcp-connections",
-            "30",
-            "--tcp-handshake-timeout",
-            "60",
-        ],
-        "started",
-    );
+    let srv = start_with_user(&[
+        "--relay-threads",
+        "2",
+        "--max-pending-tcp-connections",
+        "30",
+        "--tcp-handshake-timeout",
+        "60",
+    ]);
     let mut held: Vec<TcpStream> = (0..30)
         .map(|i| admitted(&srv, i).unwrap_or_else(|| panic!("connection {i} refused")))
         .collect();
@@ -269,25 +268,13 @@ fn queued_peer_connections_are_accepted_once_descriptors_are_free() {
     // RFC 6062: a peer connecting to a TCP allocation's relayed address while the server has
     // no descriptor left waits in that listener's queue; once one is free the retry takes it
     // and the client gets its ConnectionAttempt (§5.3), with no new connection attempt.
-    let pass = format!("{}:{}", common::USER, common::PASS);
-    let srv = Ferroturn::start(
-        &[
-            "--min-port",
-            "65200",
-            "--max-port",
-            "65299",
-            "-u",
-            &pass,
-            "-r",
-            common::REALM,
-            "--relay-threads",
-            "1",
-            "--allow-loopback-peers",
-            "--log-level",
-            "info",
-        ],
-        "started",
-    );
+    let srv = start_with_user(&[
+        "--relay-threads",
+        "1",
+        "--allow-loopback-peers",
+        "--log-level",
+        "info",
+    ]);
     let mut c = StreamClient::new(common::stream::tcp(srv.addr));
     let relayed = c.allocate_tcp();
     let peer_ip = std::net::SocketAddr::from(([127, 0, 0, 1], 0));

@@ -53,6 +53,18 @@ static int udp(int port) {
   return s;
 }
 
+// recvmmsg headers for BATCH datagrams (the kernel rewrites the lengths on every call).
+static void prep_rx(char bufs[][2048], struct sockaddr_in *names, struct iovec *iov,
+                    struct mmsghdr *rx) {
+  for (int j = 0; j < BATCH; j++) {
+    iov[j] = (struct iovec){bufs[j], 2048};
+    rx[j].msg_hdr = (struct msghdr){.msg_name = &names[j],
+                                    .msg_namelen = sizeof names[j],
+                                    .msg_iov = &iov[j],
+                                    .msg_iovlen = 1};
+  }
+}
+
 // fds[0] = listener, fds[1 + i] = relay socket i
 static int fds[N + 1];
 static struct sockaddr_in echo_addr, client_addr[N];
@@ -113,13 +125,7 @@ static void run_epoll(double secs) {
       int k = evs[e].data.u32;
       int r;
       do {
-        for (int j = 0; j < BATCH; j++) {
-          iov[j] = (struct iovec){bufs[j], sizeof bufs[j]};
-          rx[j].msg_hdr = (struct msghdr){.msg_name = &names[j],
-                                          .msg_namelen = sizeof names[j],
-                                          .msg_iov = &iov[j],
-                                          .msg_iovlen = 1};
-        }
+        prep_rx(bufs, names, iov, rx);
         r = recvmmsg(fds[k], rx, BATCH, MSG_DONTWAIT, NULL);
         syscalls++;
         if (r <= 0) break;
@@ -291,13 +297,7 @@ static void run_gen(double rate, double secs) {
       struct epoll_event evs[32];
       epoll_pwait2(ep, evs, 32, &ts, NULL);
     }
-    for (int j = 0; j < BATCH; j++) {
-      iov[j] = (struct iovec){bufs[j], sizeof bufs[j]};
-      rx[j].msg_hdr = (struct msghdr){.msg_name = &names[j],
-                                      .msg_namelen = sizeof names[j],
-                                      .msg_iov = &iov[j],
-                                      .msg_iovlen = 1};
-    }
+    prep_rx(bufs, names, iov, rx);
     int r = recvmmsg(e, rx, BATCH, MSG_DONTWAIT, NULL);
     for (int j = 0; j < r; j++)
       sendto(e, bufs[j], rx[j].msg_len, MSG_DONTWAIT, (void *)&names[j], sizeof names[j]);
