@@ -2,6 +2,7 @@
 //! small hand-written TURN client over UDP with an echo peer, for the flood and soak tests.
 #![allow(dead_code)]
 
+use std::hash::BuildHasher;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -220,7 +221,11 @@ impl Client {
             user: USER.to_owned(),
             key: long_term_key_md5(USER, REALM, PASS),
             nonce: None,
-            next: 1,
+            // Random transaction ids (RFC 8489 §5): a new socket can get the port of an
+            // earlier client's, and the server rightly answers a request with that 5-tuple
+            // and an id it has seen within 40 s from its transaction cache (a ChannelBind
+            // "succeeded" that was never applied to the new allocation).
+            next: std::collections::hash_map::RandomState::new().hash_one(Instant::now()) >> 1,
         }
     }
 
