@@ -1321,6 +1321,10 @@ impl Shard {
                 if t.tuple.transport == Transport::Udp {
                     self.udp_answers.push(t);
                 } else if let Some(&ci) = self.conn_by_tuple.get(&t.tuple) {
+                    // A connection whose Allocate succeeded settles before the success leaves:
+                    // the client may open its next connection as soon as it reads it, and
+                    // another shard may accept that one at once.
+                    self.settle_pending(ci);
                     self.send_stream(ci, &t.data);
                 }
             }
