@@ -38,6 +38,11 @@ fn main() -> ExitCode {
     };
     // Before any socket is opened; logged after the start line.
     let nofile = sockets::raise_nofile_limit();
+    // With the limit known; before the shards open relay sockets.
+    let fd_table = match &nofile {
+        Ok((_, limit)) => sockets::presize_fd_table(*limit),
+        Err(_) => Ok(0), // reported with fd_limit below
+    };
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -73,6 +78,10 @@ fn main() -> ExitCode {
         Err(e) => {
             warn!(event = "fd_limit", error = %e, "could not read or raise the open-file limit")
         }
+    }
+    if let Err(e) = fd_table {
+        // Not fatal: the table grows as it would have, with a short stall per doubling.
+        warn!(event = "fd_table", error = %e, "could not size the descriptor table at start");
     }
     // The admin API (PUT /api/v1/log-level) and SIGHUP change the same filter.
     let set_log_level: LogLevelSetter = {

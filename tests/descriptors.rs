@@ -5,7 +5,8 @@
 //! connection to an RFC 6062 relayed address. The listeners are edge-triggered, so without
 //! the retry they would wait for the next connection attempt, and with none coming, forever.
 //! And `max-pending-tcp-connections` holds for the whole server, whichever shards the
-//! connections land on.
+//! connections land on. The descriptor table is sized at start rather than doubled under
+//! load by the shards' socket(2) calls (each doubling stalls the shard for milliseconds).
 #[path = "support/child.rs"]
 mod child;
 mod common;
@@ -295,4 +296,28 @@ fn queued_peer_connections_are_accepted_once_descriptors_are_free() {
     let id = c.connection_attempt();
     assert_ne!(id, 0);
     drop((peer, filler));
+}
+
+/// The kernel's descriptor-table size of `pid` (FDSize in /proc/PID/status).
+fn fd_table_size(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("an FDSize line")
+}
+
+/// The table is sized at start, not doubled by the shards' socket(2) calls under load: each
+/// doubling in a multi-threaded process waits for an RCU grace period (milliseconds) in the
+/// shard that opened the descriptor.
+#[test]
+fn the_descriptor_table_is_sized_at_start() {
+    let srv = Ferroturn::start(&ARGS, "started");
+    let want = nofile(srv.pid()).0.min(65536);
+    let size = fd_table_size(srv.pid());
+    assert!(
+        size >= want,
+        "descriptor table of {size} slots at start, wanted {want} (the limit, at most 65536)"
+    );
 }
