@@ -2,13 +2,16 @@
 # compare-coturn.sh - coturn vs ferroturn, back to back, same pinning, same load.
 #
 # Usage: benches/compare-coturn.sh [--runs N] [--smoke] [--json FILE] [--no-build]
-#                                  [--ferroturn-args "ARGS"]
+#                                  [--ferroturn-args "ARGS"] [--floor]
 #   --runs N     runs of every scenario per server (default 3); medians are reported
 #   --smoke      one short run of each scenario (< 2 min): proves the script works
 #   --json FILE  also write every measurement and the medians as JSON
 #   --no-build   use the binaries already in $CARGO_TARGET_DIR (default target)/release
 #   --ferroturn-args "ARGS"  extra ferroturn options, split on spaces (e.g.
 #                "--relay-coalesce-us 50"); printed with the table
+#   --floor      also run benches/floor/null_turn.c (built with cc), a "TURN server" that does
+#                only the system calls and framing, on the UDP scenarios: what any server with
+#                readiness-based I/O could reach under the same load (third table)
 #
 # Servers run one at a time on loopback, pinned to CPU $SERVER_CPU (default 1, one relay
 # thread each: coturn --relay-threads 1, ferroturn -m 1); the load (ferroturn-bench, coturn's
@@ -30,6 +33,7 @@ SMOKE=0
 JSON_OUT=
 BUILD=1
 FERRO_ARGS=
+FLOOR=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
@@ -37,7 +41,8 @@ while [[ $# -gt 0 ]]; do
     --json) JSON_OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --ferroturn-args) FERRO_ARGS=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --floor) FLOOR=1; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "compare-coturn.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,7 +83,11 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
 printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$OUT/ext.cnf"
 openssl x509 -req -in "$OUT/server.csr" -CA "$OUT/ca.crt" -CAkey "$OUT/ca.key" -CAcreateserial \
   -days 2 -extfile "$OUT/ext.cnf" -out "$OUT/server.crt" 2>/dev/null
-export ROOT TARGET SERVER_CPU LOAD_CPU RUNS SMOKE JSON_OUT OUT FERRO_ARGS
+if [[ "$FLOOR" == 1 ]]; then
+  cc -O2 -o "$OUT/null_turn" "$ROOT/benches/floor/null_turn.c" \
+    || { echo "compare-coturn.sh: --floor needs a C compiler (apt-get install gcc)" >&2; exit 2; }
+fi
+export ROOT TARGET SERVER_CPU LOAD_CPU RUNS SMOKE JSON_OUT OUT FERRO_ARGS FLOOR
 exec python3 - <<'PYEOF'
 import json, os, signal, statistics, subprocess, sys, time
 
@@ -87,7 +96,9 @@ BIN = os.environ["TARGET"] + "/release/"
 SCPU, LCPU = os.environ["SERVER_CPU"], os.environ["LOAD_CPU"]
 RUNS, SMOKE = int(os.environ["RUNS"]), os.environ["SMOKE"] == "1"
 FERRO_ARGS = os.environ.get("FERRO_ARGS", "").split()
+FLOOR = os.environ.get("FLOOR") == "1"
 HOST, COTURN_PORT, FERRO_PORT, PEER_PORT = "127.0.0.1", 9478, 9480, 9490
+NULL_PORT = 9482  # the floor's null TURN server (--floor)
 COTURN_TLS, FERRO_TLS = 9486, 9488
 CERT, KEY, CA = f"{OUT}/server.crt", f"{OUT}/server.key", f"{OUT}/ca.crt"
 MIN_PORT, MAX_PORT = 10000, 31999
@@ -170,6 +181,9 @@ class Server:
                    "--no-dtls", "--no-cli", "--no-rfc5780", "--no-software-attribute",
                    "--relay-threads", "1", "--userdb", f"{OUT}/turndb",
                    "--log-file", f"{OUT}/turnserver.log", "--simple-log", "--no-stdout-log"]
+        elif self.name == "null":
+            self.port, self.tls_port = NULL_PORT, None
+            cmd = [f"{OUT}/null_turn", str(NULL_PORT)]
         else:
             self.port, self.tls_port = FERRO_PORT, FERRO_TLS
             cmd = [BIN + "ferroturn", "-L", HOST, "-p", str(FERRO_PORT), "-E", HOST,
@@ -370,7 +384,10 @@ SCEN = [  # key, label, unit, better ("hi"/"lo")
     ("rss", f"RSS growth per idle allocation ({N_IDLE})", "bytes", "lo"),
     ("p99", "p99 RTT at 50 % of coturn's saturation rate (echo)", "us", "lo"),
 ]
-results = {k: {"coturn": [], "ferroturn": []} for k, *_ in SCEN}
+results = {k: {"coturn": [], "ferroturn": [], "null": []} for k, *_ in SCEN}
+# What the null server runs (--floor): UDP, no TLS, no coturn-specific client, no RSS figure
+FLOOR_KEYS = ["chan100"] + [f"chan100_{r // 1000}k" for r in SWEEP] + [
+    "chan1000", "send100", "c2c100", "video", "sat", "allocs", "allocs_cpu", "p99"]
 raw = []
 
 peer = spawn(["turnutils_peer", "-L", HOST, "-p", str(PEER_PORT)], LCPU, f"{OUT}/peer.log")
@@ -381,6 +398,8 @@ try:
     # p99 comes last, at one rate for all runs: half the median of coturn's saturation runs.
     orders = [("coturn", "ferroturn") if run % 2 == 0 else ("ferroturn", "coturn")
               for run in range(RUNS)]
+    if FLOOR:  # the null server goes first, between or last in turn
+        orders = [o[:run % 3] + ("null",) + o[run % 3:] for run, o in enumerate(orders)]
     meas = {}
     for run in range(RUNS):
         for name in orders[run]:
@@ -391,6 +410,24 @@ try:
             for r in SWEEP:
                 k = f"chan100_{r // 1000}k"
                 m[k] = relayed_per_cpu(srv, k, ["-m", "20", "--rate", str(r)])
+            if name == "null":
+                m["chan1000"] = relayed_per_cpu(srv, "chan1000",
+                                                ["-m", "20", "--rate", str(RATE), "-l", "1000"])
+                m["send100"] = relayed_per_cpu(srv, "send100", ["-m", "20", "--rate", str(RATE),
+                                                                "--mode", "send"])
+                m["c2c100"] = relayed_per_cpu(srv, "c2c100",
+                                              ["-m", "20", "--rate", str(RATE), "--c2c"])
+                m["video"] = relayed_per_cpu(srv, "video", ["-m", "20", "--rate", str(RATE),
+                                                            "-l", "1200", "--burst", "8"])
+                m["sat"] = saturation(srv)
+                a = allocs(srv)
+                m["allocs"] = a
+                m["allocs_cpu"] = {"value": a["per_server_cpu_s"]}
+                srv.stop()
+                meas[(run, name)] = m
+                print(f"# run {run + 1}/{RUNS} {name}: " + ", ".join(
+                    f"{k}={v['value']:.0f}" for k, v in m.items()), file=sys.stderr, flush=True)
+                continue
             m["uclient100"] = uclient(srv)
             m["chan1000"] = relayed_per_cpu(srv, "chan1000",
                                             ["-m", "20", "--rate", str(RATE), "-l", "1000"])
@@ -428,7 +465,7 @@ try:
             print(f"# run {run + 1}/{RUNS} {name}: p99={meas[(run, name)]['p99']['value']:.0f} us "
                   f"at {p99_rate:.0f} pps", file=sys.stderr, flush=True)
     for run in range(RUNS):
-        for name in ("coturn", "ferroturn"):
+        for name in ("coturn", "ferroturn") + (("null",) if FLOOR else ()):
             m = meas[(run, name)]
             for k, v in m.items():
                 results[k][name].append(v["value"])
@@ -477,6 +514,20 @@ for rate, key in sorted(sweep):
                      f"{med(lambda x: x['loss_pct']):.1f} | {med(lambda x: x['p99_us']):.0f}")
     row = next(r for r in rows if r["scenario"] == key)
     print(f"| {rate} | {cells[0]} | {cells[1]} | {row['ratio']:.2f} |")
+floor_rows = []
+if FLOOR:
+    # The floor: the same load on a server that only moves datagrams (benches/floor/null_turn.c)
+    print("\nThe floor (--floor): null_turn, no authentication, permissions, timers or lookups, "
+          "the same system calls and framing (medians):\n")
+    print("| scenario | coturn | ferroturn | null_turn | coturn / null | ferroturn / null |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for key, label, unit, better in SCEN:
+        if key not in FLOOR_KEYS or not results[key]["null"]:
+            continue
+        c, f = (statistics.median(results[key][n]) for n in ("coturn", "ferroturn"))
+        z = statistics.median(results[key]["null"])
+        floor_rows.append({"scenario": key, "coturn": c, "ferroturn": f, "null": z})
+        print(f"| {label} | {c:.0f} | {f:.0f} | {z:.0f} | {c / z:.2f} | {f / z:.2f} |")
 print("\n(ratio: ferroturn / coturn; for RSS and p99 lower is better, so < 1 is better there;"
       " >= : the saturation search hit its time cap or the load client's limit before the"
       " server lost > 1 %; the order of the servers alternates from run to run)")
@@ -488,6 +539,6 @@ if os.environ.get("JSON_OUT"):
     with open(os.environ["JSON_OUT"], "w") as fh:
         json.dump({"runs": RUNS, "smoke": SMOKE, "coturn_version": cv,
                    "ferroturn_args": FERRO_ARGS, "p99_rate": p99_rate, "rows": rows,
-                   "raw": raw, "problems": problems},
+                   "raw": raw, "problems": problems, "floor": floor_rows},
                   fh, indent=1)
 PYEOF

@@ -7,6 +7,7 @@
 //   relay epoll|uring SECS      relay for SECS after the first datagram; prints relayed
 //                               datagrams and CPU seconds over [1 s, SECS - 1 s]
 //   relay gen RATE SECS         paced clients (RATE datagrams/s in total) + echo peer
+//   relay echo SECS             the echo peer alone (with ECHO=thread for gen)
 #define _GNU_SOURCE
 #include <errno.h>
 #include <liburing.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -260,11 +262,14 @@ static void run_uring(double secs) {
 // BLOCK=1 (default): between ticks the generator sleeps in epoll_pwait2 on its sockets, so
 // the relay's sends wake it as they would wake a real client; BLOCK=0: it spins.
 static void run_gen(double rate, double secs) {
-  int c[N], e = udp(PORT_E);
+  // ECHO=thread: the echo peer is its own process (`relay echo`), as ferroturn-bench's is its
+  // own thread, so the relay's sends to it wake a second sleeper.
+  int own_echo = !(getenv("ECHO") && !strcmp(getenv("ECHO"), "thread"));
+  int c[N], e = own_echo ? udp(PORT_E) : -1;
   struct sockaddr_in l = addr(PORT_L);
   int ep = epoll_create1(0);
   struct epoll_event ev = {.events = EPOLLIN, .data.u32 = N};
-  epoll_ctl(ep, EPOLL_CTL_ADD, e, &ev);
+  if (own_echo) epoll_ctl(ep, EPOLL_CTL_ADD, e, &ev);
   for (int i = 0; i < N; i++) {
     c[i] = udp(PORT_C + i);
     connect(c[i], (void *)&l, sizeof l);
@@ -298,7 +303,7 @@ static void run_gen(double rate, double secs) {
       epoll_pwait2(ep, evs, 32, &ts, NULL);
     }
     prep_rx(bufs, names, iov, rx);
-    int r = recvmmsg(e, rx, BATCH, MSG_DONTWAIT, NULL);
+    int r = own_echo ? recvmmsg(e, rx, BATCH, MSG_DONTWAIT, NULL) : 0;
     for (int j = 0; j < r; j++)
       sendto(e, bufs[j], rx[j].msg_len, MSG_DONTWAIT, (void *)&names[j], sizeof names[j]);
     for (int i = 0; i < N; i++) {
@@ -311,8 +316,33 @@ static void run_gen(double rate, double secs) {
          back);
 }
 
+// The echo peer on its own (ECHO=thread in the generator): blocking recvmmsg, like
+// ferroturn-bench's echo thread.
+static void run_echo(double secs) {
+  int e = udp(PORT_E);
+  int fl = 0;
+  ioctl(e, FIONBIO, &fl);
+  struct timeval tv = {0, 100000};
+  setsockopt(e, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  static char bufs[BATCH][2048];
+  static struct sockaddr_in names[BATCH];
+  static struct iovec iov[BATCH];
+  static struct mmsghdr rx[BATCH];
+  double start = now_s(CLOCK_MONOTONIC);
+  while (now_s(CLOCK_MONOTONIC) - start < secs) {
+    prep_rx(bufs, names, iov, rx);
+    int r = recvmmsg(e, rx, BATCH, MSG_WAITFORONE, NULL);
+    for (int j = 0; j < r; j++) iov[j].iov_len = rx[j].msg_len;
+    if (r > 0) sendmmsg(e, rx, r, 0);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) return 2;
+  if (!strcmp(argv[1], "echo")) {
+    run_echo(atof(argv[2]));
+    return 0;
+  }
   if (!strcmp(argv[1], "gen")) {
     run_gen(atof(argv[2]), atof(argv[3]));
     return 0;
