@@ -23,7 +23,7 @@
 #
 # Ports (all 127.0.0.1, below the kernel's ephemeral range so no client socket or TIME-WAIT
 # entry can hold them, none of 3478/34878/34879/35478-35480): coturn 9478 (+9479 alt), TLS
-# 9486 (+9487 alt), ferroturn 9480, TLS 9488, turnutils_peer 9490-9491, relay ports 10000-31999 (below the ephemeral
+# 9486 (+9487 alt), ferroturn 9480, TLS 9488, null_turn 9482 (--floor), turnutils_peer 9490-9491, relay ports 10000-31999 (below the ephemeral
 # range, so 10 000 client sockets cannot take them). Only processes this script started are
 # stopped, by PID (trap on exit).
 set -euo pipefail
@@ -42,7 +42,7 @@ while [[ $# -gt 0 ]]; do
     --no-build) BUILD=0; shift ;;
     --ferroturn-args) FERRO_ARGS=$2; shift 2 ;;
     --floor) FLOOR=1; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "compare-coturn.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
