@@ -484,7 +484,8 @@ for key, label, unit, better in SCEN:
               for n in ("coturn", "ferroturn")}
     rows.append({"scenario": key, "label": label, "unit": unit, "coturn": c, "ferroturn": f,
                  "ratio": ratio, "runs": RUNS, "lower_bound": capped,
-                 "problems": [f"{n}: {w}" for n, k, w in problems if k == key]})
+                 "problems": [f"{n}: {w}" for n, k, w in problems
+                              if k == key and n in ("coturn", "ferroturn")]})
 
 cv = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "coturn"], capture_output=True,
                     text=True).stdout or "?"
@@ -518,16 +519,19 @@ floor_rows = []
 if FLOOR:
     # The floor: the same load on a server that only moves datagrams (benches/floor/null_turn.c)
     print("\nThe floor (--floor): null_turn, no authentication, permissions, timers or lookups, "
-          "the same system calls and framing (medians):\n")
-    print("| scenario | coturn | ferroturn | null_turn | coturn / null | ferroturn / null |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "the same system calls and framing, no GSO (medians):\n")
+    print("| scenario | unit | coturn | ferroturn | null_turn | coturn / null | ferroturn / null |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for key, label, unit, better in SCEN:
         if key not in FLOOR_KEYS or not results[key]["null"]:
             continue
         c, f = (statistics.median(results[key][n]) for n in ("coturn", "ferroturn"))
         z = statistics.median(results[key]["null"])
         floor_rows.append({"scenario": key, "coturn": c, "ferroturn": f, "null": z})
-        print(f"| {label} | {c:.0f} | {f:.0f} | {z:.0f} | {c / z:.2f} | {f / z:.2f} |")
+        ratios = f"{c / z:.2f} | {f / z:.2f}" if z else "- | -"
+        flag = " !" if any(n == "null" and k == key for n, k, _ in problems) else ""
+        print(f"| {label} | {unit} | {c:.0f} | {f:.0f} | {z:.0f}{flag} | {ratios} |")
+    print("\n(for p99 lower is better; ! : a null_turn run of the scenario is listed below)")
 print("\n(ratio: ferroturn / coturn; for RSS and p99 lower is better, so < 1 is better there;"
       " >= : the saturation search hit its time cap or the load client's limit before the"
       " server lost > 1 %; the order of the servers alternates from run to run)")

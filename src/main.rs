@@ -38,11 +38,8 @@ fn main() -> ExitCode {
     };
     // Before any socket is opened; logged after the start line.
     let nofile = sockets::raise_nofile_limit();
-    // With the limit known; before the shards open relay sockets.
-    let fd_table = match &nofile {
-        Ok((_, limit)) => sockets::presize_fd_table(*limit),
-        Err(_) => Ok(0), // reported with fd_limit below
-    };
+    // After the raise (or without it, if it failed); before the shards open relay sockets.
+    let fd_table = sockets::presize_fd_table();
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {

@@ -30,38 +30,51 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 }
 
 /// Descriptor-table slots reserved at start (see `presize_fd_table`): 8 bytes of kernel
-/// memory each, 512 KiB in all.
+/// memory each plus two bitmaps, ~520 KiB in all.
 const FD_TABLE_AT_START: u64 = 65536;
 
-/// Grow the process's descriptor table once, at start, to `min(limit, 65 536)` slots; returns
-/// the slots asked for. The kernel doubles the table as descriptors are opened, and in a
-/// multi-threaded process each doubling waits for an RCU grace period inside the socket(2)
-/// that needed it (expand_fdtable → synchronize_rcu: 6-7 ms each on the benchmark VM). A
-/// shard opening its 256th, 512th, ... 4096th relay socket stalled that long with every
+/// Grow the process's descriptor table once, at start, to min(soft RLIMIT_NOFILE, 65 536)
+/// slots; returns the slots asked for. The kernel doubles the table as descriptors are opened,
+/// and in a multi-threaded process each doubling waits for an RCU grace period inside the
+/// call that needed it (expand_fdtable → synchronize_rcu: 6-7 ms each on the benchmark VM).
+/// A shard whose socket(2) got descriptor 256, 512, ... 4096 stalled that long with every
 /// answer it owed: ~30 ms in the first 5000 allocations of a fresh server, p99 allocation
 /// latency ~20 ms instead of ~2 ms. Done before the shards start. The table never shrinks,
 /// so past this size the doublings (and their stalls) resume, one per doubling.
-pub fn presize_fd_table(limit: u64) -> io::Result<u64> {
-    let want = limit.min(FD_TABLE_AT_START);
+pub fn presize_fd_table() -> io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit on a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let want = r.rlim_cur.min(FD_TABLE_AT_START);
     if want < 2 {
         return Ok(0);
     }
-    let f = std::fs::File::open("/dev/null")?;
-    // F_DUPFD takes the lowest free descriptor >= the argument, growing the table to hold it;
-    // the duplicate is closed at once, the table stays.
-    // SAFETY: fcntl on a descriptor we own; the returned descriptor is closed right away.
-    let fd = unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            libc::F_DUPFD_CLOEXEC,
-            (want - 1) as libc::c_int,
-        )
-    };
+    // Any descriptor will do; an epoll instance needs no file system (/dev may be private).
+    // SAFETY: epoll_create1 has no memory arguments.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `fd` was just returned by fcntl and is not used anywhere else.
-    unsafe { libc::close(fd) };
+    // F_DUPFD takes the lowest free descriptor >= the argument (below the soft limit, so
+    // allowed), growing the table to hold it; both are closed at once, the table stays.
+    // SAFETY: fcntl and close on descriptors this function opened and nothing else uses.
+    let (dup, err) = unsafe {
+        let dup = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, (want - 1) as libc::c_int);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if dup >= 0 {
+            libc::close(dup);
+        }
+        (dup, err)
+    };
+    if dup < 0 {
+        return Err(err);
+    }
     Ok(want)
 }
 
