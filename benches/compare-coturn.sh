@@ -10,8 +10,8 @@
 #   --ferroturn-args "ARGS"  extra ferroturn options, split on spaces (e.g.
 #                "--relay-coalesce-us 50"); printed with the table
 #   --floor      also run benches/floor/null_turn.c (built with cc), a "TURN server" that does
-#                only the system calls and framing, on the UDP scenarios: what any server with
-#                readiness-based I/O could reach under the same load (third table)
+#                only the system calls and framing (no protocol work, no GSO), on the UDP
+#                scenarios under the same load (third table): the kernel's share of each
 #
 # Servers run one at a time on loopback, pinned to CPU $SERVER_CPU (default 1, one relay
 # thread each: coturn --relay-threads 1, ferroturn -m 1); the load (ferroturn-bench, coturn's
@@ -385,9 +385,6 @@ SCEN = [  # key, label, unit, better ("hi"/"lo")
     ("p99", "p99 RTT at 50 % of coturn's saturation rate (echo)", "us", "lo"),
 ]
 results = {k: {"coturn": [], "ferroturn": [], "null": []} for k, *_ in SCEN}
-# What the null server runs (--floor): UDP, no TLS, no coturn-specific client, no RSS figure
-FLOOR_KEYS = ["chan100"] + [f"chan100_{r // 1000}k" for r in SWEEP] + [
-    "chan1000", "send100", "c2c100", "video", "sat", "allocs", "allocs_cpu", "p99"]
 raw = []
 
 peer = spawn(["turnutils_peer", "-L", HOST, "-p", str(PEER_PORT)], LCPU, f"{OUT}/peer.log")
@@ -410,33 +407,19 @@ try:
             for r in SWEEP:
                 k = f"chan100_{r // 1000}k"
                 m[k] = relayed_per_cpu(srv, k, ["-m", "20", "--rate", str(r)])
-            if name == "null":
-                m["chan1000"] = relayed_per_cpu(srv, "chan1000",
-                                                ["-m", "20", "--rate", str(RATE), "-l", "1000"])
-                m["send100"] = relayed_per_cpu(srv, "send100", ["-m", "20", "--rate", str(RATE),
-                                                                "--mode", "send"])
-                m["c2c100"] = relayed_per_cpu(srv, "c2c100",
-                                              ["-m", "20", "--rate", str(RATE), "--c2c"])
-                m["video"] = relayed_per_cpu(srv, "video", ["-m", "20", "--rate", str(RATE),
-                                                            "-l", "1200", "--burst", "8"])
-                m["sat"] = saturation(srv)
-                a = allocs(srv)
-                m["allocs"] = a
-                m["allocs_cpu"] = {"value": a["per_server_cpu_s"]}
-                srv.stop()
-                meas[(run, name)] = m
-                print(f"# run {run + 1}/{RUNS} {name}: " + ", ".join(
-                    f"{k}={v['value']:.0f}" for k, v in m.items()), file=sys.stderr, flush=True)
-                continue
-            m["uclient100"] = uclient(srv)
+            # null_turn (--floor) speaks UDP only and is not measured for RSS
+            real = name != "null"
+            if real:
+                m["uclient100"] = uclient(srv)
             m["chan1000"] = relayed_per_cpu(srv, "chan1000",
                                             ["-m", "20", "--rate", str(RATE), "-l", "1000"])
             m["send100"] = relayed_per_cpu(srv, "send100",
                                            ["-m", "20", "--rate", str(RATE), "--mode", "send"])
-            m["tcp100"] = relayed_per_cpu(srv, "tcp100", ["-m", "20", "--rate", str(RATE),
-                                                          "--transport", "tcp"])
-            m["tls100"] = relayed_per_cpu(srv, "tls100", ["-m", "20", "--rate", str(RATE)],
-                                          tls=True)
+            if real:
+                m["tcp100"] = relayed_per_cpu(srv, "tcp100", ["-m", "20", "--rate", str(RATE),
+                                                              "--transport", "tcp"])
+                m["tls100"] = relayed_per_cpu(srv, "tls100", ["-m", "20", "--rate", str(RATE)],
+                                              tls=True)
             m["c2c100"] = relayed_per_cpu(srv, "c2c100",
                                           ["-m", "20", "--rate", str(RATE), "--c2c"])
             # a video frame's packets leave a sender's pacer together: GSO territory
@@ -449,7 +432,8 @@ try:
             m["allocs"] = a
             m["allocs_cpu"] = {"value": a["per_server_cpu_s"]}
             srv.stop()
-            m["rss"] = rss(name)
+            if real:
+                m["rss"] = rss(name)
             meas[(run, name)] = m
             print(f"# run {run + 1}/{RUNS} {name}: " + ", ".join(
                 f"{k}={v['value']:.0f}" for k, v in m.items()), file=sys.stderr, flush=True)
@@ -523,7 +507,7 @@ if FLOOR:
     print("| scenario | unit | coturn | ferroturn | null_turn | coturn / null | ferroturn / null |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for key, label, unit, better in SCEN:
-        if key not in FLOOR_KEYS or not results[key]["null"]:
+        if not results[key]["null"]:
             continue
         c, f = (statistics.median(results[key][n]) for n in ("coturn", "ferroturn"))
         z = statistics.median(results[key]["null"])

@@ -265,9 +265,9 @@ struct Shard {
     stream_reads: u64,
     backlog: bool,
     /// Listeners whose accept failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM;
-    /// see `accept_skippable`), with the time to try again: the connections stay in the kernel's queue, and an
-    /// edge-triggered listener raises no new event for them, so without a retry they would
-    /// wait for the next connection attempt (or forever).
+    /// see `accept_skippable`), with the time to try again: the connections stay in the
+    /// kernel's queue, and an edge-triggered listener raises no new event for them, so without
+    /// a retry they would wait for the next connection attempt (or forever).
     accept_retry: Option<(Instant, Vec<AcceptSource>)>,
     /// When an accept failure was last logged: at most one warning per [`ACCEPT_WARN_EVERY`]
     /// (every failure is counted in `recv_errors`).
